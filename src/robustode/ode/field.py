@@ -1,0 +1,90 @@
+"""The user's vector field as the solvers call it: tuple in, tuple out, counted.
+
+Time is handed to the field as a tensor of the state's dtype, as torchdiffeq
+does (a 0-dim tensor in batch mode, a (B,) tensor in per-sample mode). Stages
+that land on the end of a step see the time nudged one ulp below it
+(torchdiffeq's ``perturb``), so a field with a discontinuity at a grid point is
+evaluated on the correct side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .record import StepRecord
+from .state import State
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward counts one backward function evaluation."""
+
+    @staticmethod
+    def forward(ctx, record, *tensors):
+        ctx.record = record
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.record.nfe_backward += 1
+        return (None, *grads)
+
+
+def _nudge_down(t: torch.Tensor) -> torch.Tensor:
+    """The next representable value below t, with the gradient of t."""
+    lower = torch.nextafter(t.detach(), t.detach() - 1)
+    if t.requires_grad:
+        return t + (lower - t.detach())
+    return lower
+
+
+class VectorField:
+    """Adapts ``func(t, y)`` (tensor or tuple state) to tuple states, counting NFE."""
+
+    def __init__(
+        self,
+        func: Callable,
+        is_tuple: bool,
+        record: StepRecord,
+        dtype: torch.dtype,
+        device: torch.device,
+        sign: float = 1.0,
+    ) -> None:
+        self.func = func
+        self.is_tuple = is_tuple
+        self.record = record
+        self.dtype = dtype
+        self.device = device
+        self.sign = sign  # -1 integrates a decreasing time grid as s = -t
+
+    def time(self, value: float | torch.Tensor, nudge: bool = False) -> torch.Tensor:
+        """The time tensor handed to ``func`` for an integration time ``value``."""
+        if isinstance(value, torch.Tensor):
+            t = value.to(self.dtype)
+        else:
+            t = torch.full((), value, dtype=self.dtype, device=self.device)
+        if nudge:
+            t = _nudge_down(t)
+        return t
+
+    def __call__(self, t: float | torch.Tensor, y: State, nudge: bool = False) -> State:
+        self.record.nfe_forward += 1
+        tt = self.time(t, nudge)
+        if self.sign < 0:
+            tt = -tt
+        out = self.func(tt, y if self.is_tuple else y[0])
+        if self.is_tuple:
+            if not isinstance(out, (tuple, list)) or len(out) != len(y):
+                raise TypeError(
+                    f"the vector field returned {type(out).__name__}; a tuple state of "
+                    f"{len(y)} tensors needs a tuple of {len(y)} derivatives"
+                )
+            out = tuple(out)
+        else:
+            out = (out,)
+        if self.sign < 0:
+            out = tuple(-o for o in out)
+        if torch.is_grad_enabled() and any(o.requires_grad for o in out):
+            out = _CountBackward.apply(self.record, *out)
+        return out

@@ -1,0 +1,61 @@
+"""Vector fields shared by the ODE-engine tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPField(nn.Module):
+    """A random time-dependent MLP field on a (B, d) state."""
+
+    def __init__(self, dim: int = 5, hidden: int = 16) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(dim + 1, hidden)
+        self.l2 = nn.Linear(hidden, dim)
+
+    def forward(self, t, y):
+        tt = t.reshape(-1, 1).expand(y.shape[0], 1).to(y.dtype)
+        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], 1))))
+
+
+class ConvPairField(nn.Module):
+    """A random conv field on an image-shaped tuple state (x: C_in, z: C_out channels)."""
+
+    def __init__(self, c_in: int = 3, c_out: int = 6) -> None:
+        super().__init__()
+        self.to_z = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.to_x = nn.Conv2d(c_out, c_in, 3, padding=1)
+
+    def forward(self, t, state):
+        x, z = state
+        scale = 1 + t.reshape(-1, 1, 1, 1).to(x.dtype)
+        return torch.tanh(self.to_x(z)), torch.tanh(self.to_z(x)) * scale
+
+
+def make_field(kind: str, dtype=torch.float32, seed: int = 0):
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        f = MLPField().to(dtype)
+        y0 = torch.randn(4, 5, dtype=dtype)
+        return f, y0
+    f = ConvPairField().to(dtype)
+    y0 = (torch.randn(2, 3, 6, 6, dtype=dtype), torch.randn(2, 6, 6, 6, dtype=dtype))
+    return f, y0
+
+
+class StepLog(nn.Module):
+    """Wraps a field to log torchdiffeq's accepted steps through its callbacks."""
+
+    def __init__(self, func) -> None:
+        super().__init__()
+        self.func = func
+        self.accepted: list[tuple[float, float]] = []
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.func(t, y)
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.accepted.append((float(t0.detach()), float(dt.detach())))
