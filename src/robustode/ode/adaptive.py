@@ -104,6 +104,8 @@ def solve_adaptive_batch(
             )
             h = initial_step(fn, t_start, y0, f0, tableau.order - 1, opts.rtol, opts.atol, False)
         dt_val = float(h.detach())  # one host read per solve
+        if math.isnan(dt_val):
+            _raise(tableau.name, opts, "met non-finite values in the state", t_val)
         dt_ten: torch.Tensor | None = h if h.requires_grad else None
     else:
         dt_val, dt_ten = float(opts.first_step), None
@@ -136,7 +138,7 @@ def solve_adaptive_batch(
             y1, f1, err, ks = rk_step(fn, tableau, y, f, dt, stage_time, nudge_end=True)
             with torch.set_grad_enabled(_step_grad_mode(opts, first=False)):
                 ratio = error_ratio(err, y, y1, opts.rtol, opts.atol, per_sample=False)
-            r = float(ratio)  # the one host read of this step
+            r = float(ratio.detach())  # the one host read of this step
             if math.isnan(r):
                 _raise(tableau.name, opts, "met non-finite values in the state", t_val)
             accept = r <= 1 or dt_val <= ctrl.min_step
