@@ -3,6 +3,7 @@ we control (batch or per-sample step control, detachable step sizes, step
 records, adjoint gradients, a torchdiffeq reference backend)."""
 
 from .adjoint import odeint_adjoint
+from .config import SolverConfig
 from .errors import SolverError
 from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
 from .record import StepRecord
@@ -16,6 +17,7 @@ __all__ = [
     "STEP_CONTROLS",
     "TABLEAUS",
     "ButcherTableau",
+    "SolverConfig",
     "SolverError",
     "StepRecord",
     "odeint",

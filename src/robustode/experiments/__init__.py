@@ -1,0 +1,1 @@
+"""Experiments: presets and small studies that produce the papers' tables and ours."""

@@ -1,0 +1,30 @@
+"""Activations an ODE block may use, by name.
+
+Theorem 3.1 of the SONet paper needs σ′ > 0 everywhere: ``leaky_relu``
+(slope 0.01, the reference code's choice) and ``tanh`` qualify; ``identity``
+gives the linearised block of eq. (4); ``relu`` is accepted for ablations but
+falls outside the theorem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
+    "tanh": torch.tanh,
+    "identity": lambda v: v,
+    "relu": F.relu,
+}
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation '{name}'; choose one of: {', '.join(ACTIVATIONS)}"
+        ) from None

@@ -1,0 +1,38 @@
+"""Channel-copy: the skew block's initial auxiliary state z(0) (REFERENCE.md)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def channel_copy(x: torch.Tensor, out_channels: int, stride: int = 1) -> torch.Tensor:
+    """Repeat x's channels ⌊C_out / C_in⌋ times, then append its first C_out mod C_in.
+
+    For stride 2 the input is first downsampled by nearest-neighbour
+    interpolation with factor 0.5, so z(0) has the block's output resolution.
+    """
+    if stride == 2:
+        x = F.interpolate(x, scale_factor=0.5, mode="nearest")
+    elif stride != 1:
+        raise ValueError(f"channel_copy supports stride 1 or 2, got {stride}")
+    c_in = x.shape[1]
+    reps, rest = divmod(out_channels, c_in)
+    parts = [x] * reps + ([x[:, :rest]] if rest else [])
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+class ChannelCopy(nn.Module):
+    """Module form of :func:`channel_copy` (ODENet's stem: 3 → C channels)."""
+
+    def __init__(self, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_copy(x, self.out_channels, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, stride={self.stride}"

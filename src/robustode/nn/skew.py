@@ -1,0 +1,257 @@
+"""Stabilised skew-symmetric ODE blocks — SONet eq. (3), Theorem 3.1.
+
+    dz/dt = σ(W x − γ z),    dx/dt = σ(−Wᵀ z − γ x),    output z(t1)
+
+With W⁽²⁾ = −W⁽¹⁾ᵀ the linear part [[0, −Wᵀ], [W, 0]] is skew-symmetric, so
+the linearised flow is orthogonal (norm-preserving, eq. 4) and, for σ′ > 0 and
+γ > 0, every eigenvalue of the Jacobian has negative real part (Theorem 3.1).
+
+For convolutions W is a kernel: ``conv2d(·, W)`` is W and
+``conv_transpose2d(·, W)`` is exactly its adjoint Wᵀ, for stride 1 (3×3,
+padding 1) and stride 2 (4×4, padding 1, so 16 → 32 maps back exactly).
+
+Defaults follow the SONet reference code (REFERENCE.md): GroupNorm on each
+state before the maps and after the activation, LeakyReLU(0.01), γ = 0, no
+bias, z(0) = channel-copy of the input, classifier z(0) = 0.1·1. Setting
+``norm=None`` gives the plain eq. (3) that the theorem is about;
+``skew=False`` replaces −Wᵀ by an independent kernel (the unconstrained
+baseline of the stability experiment).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ode import SolverConfig
+from .activations import get_activation
+from .channel_copy import channel_copy
+from .ode_block import ODEBlock
+
+NORMS = ("group", None)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with min(8, C) groups (the reference's), or gcd(8, C) when that does not divide C."""
+    groups = min(8, channels)
+    if channels % groups:
+        groups = math.gcd(8, channels)
+    return nn.GroupNorm(groups, channels)
+
+
+def _norm_or_identity(norm: str | None, channels: int) -> nn.Module:
+    if norm == "group":
+        return group_norm(channels)
+    if norm is None:
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{norm}'; choose 'group' or None")
+
+
+def _kernel(out_channels: int, in_channels: int, k: int) -> nn.Parameter:
+    weight = torch.empty(out_channels, in_channels, k, k)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # as nn.Conv2d initialises
+    return nn.Parameter(weight)
+
+
+class SkewConvField(nn.Module):
+    """The vector field of :class:`SkewConvODE` on the state (x, z)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        gamma: float = 0.0,
+        norm: str | None = "group",
+        activation: str = "leaky_relu",
+        skew: bool = True,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if gamma < 0:
+            raise ValueError(f"gamma (damping) must be ≥ 0, got {gamma}")
+        self.stride = stride
+        self.kernel_size, self.padding = (3, 1) if stride == 1 else (4, 1)
+        self.gamma = float(gamma)
+        self.skew = skew
+        self.activation_name = activation
+        self.sigma = get_activation(activation)
+        self.weight = _kernel(out_channels, in_channels, self.kernel_size)
+        # The unconstrained baseline: an independent kernel in place of −Wᵀ.
+        self.weight_back = None if skew else _kernel(out_channels, in_channels, self.kernel_size)
+        self.norm_x_in = _norm_or_identity(norm, in_channels)
+        self.norm_z_in = _norm_or_identity(norm, out_channels)
+        self.norm_x_out = _norm_or_identity(norm, in_channels)
+        self.norm_z_out = _norm_or_identity(norm, out_channels)
+
+    def z_shape(self, x_shape: torch.Size, out_channels: int) -> tuple[int, ...]:
+        h, w = x_shape[-2:]
+        k, p, s = self.kernel_size, self.padding, self.stride
+        return (x_shape[0], out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        x, z = state
+        xn, zn = self.norm_x_in(x), self.norm_z_in(z)
+        dz = F.conv2d(xn, self.weight, stride=self.stride, padding=self.padding)
+        # output_padding restores odd spatial sizes for stride 2 (it keeps the adjoint exact).
+        extra = [x.shape[-2] - self._back_size(z.shape[-2]), x.shape[-1] - self._back_size(z.shape[-1])]
+        back = -self.weight if self.weight_back is None else self.weight_back
+        dx = F.conv_transpose2d(
+            zn, back, stride=self.stride, padding=self.padding, output_padding=tuple(extra)
+        )
+        if self.gamma:
+            dz = dz - self.gamma * zn
+            dx = dx - self.gamma * xn
+        return self.norm_x_out(self.sigma(dx)), self.norm_z_out(self.sigma(dz))
+
+    def _back_size(self, n: int) -> int:
+        return (n - 1) * self.stride - 2 * self.padding + self.kernel_size
+
+
+class SkewConvODE(ODEBlock):
+    """Convolutional skew-symmetric ODE block (SONet eq. 3): input x → output z(t1).
+
+    ``z0``: ``"channel_copy"`` (reference) or ``"zeros"`` (the theorem's
+    alternative with ‖x(t)‖ ≤ ‖x(0)‖).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        gamma: float = 0.0,
+        norm: str | None = "group",
+        activation: str = "leaky_relu",
+        z0: str = "channel_copy",
+        skew: bool = True,
+        solver: SolverConfig | None = None,
+        **solver_options,
+    ) -> None:
+        super().__init__(solver, **solver_options)
+        if z0 not in ("channel_copy", "zeros"):
+            raise ValueError(f"unknown z0 '{z0}'; choose 'channel_copy' or 'zeros'")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.z0 = z0
+        self.field = SkewConvField(
+            in_channels, out_channels, stride, gamma=gamma, norm=norm,
+            activation=activation, skew=skew,
+        )
+
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.z0 == "zeros":
+            z = x.new_zeros(self.field.z_shape(x.shape, self.out_channels))
+        else:
+            z = channel_copy(x, self.out_channels, self.stride)
+        return x, z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SkewConvODE expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}"
+            )
+        _, z = self.integrate(self.field, self.initial_state(x))
+        return z
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}→{self.out_channels}, stride={self.stride}, "
+            f"gamma={self.field.gamma}, z0={self.z0}, skew={self.field.skew}, "
+            f"{super().extra_repr()}"
+        )
+
+
+class SkewLinearField(nn.Module):
+    """The vector field of :class:`SkewLinearODE` on (x: features, z: classes).
+
+    ``placement="before"`` (reference code): dz = σ(x)W + b_z − γz,
+    dx = −σ(z)Wᵀ + b_x − γx. ``placement="after"`` (paper eq. 3):
+    dz = σ(xW + b_z − γz), dx = σ(−zWᵀ + b_x − γx).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        classes: int,
+        *,
+        gamma: float = 0.0,
+        activation: str = "leaky_relu",
+        placement: str = "before",
+        bias: bool = True,
+        skew: bool = True,
+    ) -> None:
+        super().__init__()
+        if placement not in ("before", "after"):
+            raise ValueError(f"unknown activation placement '{placement}'; choose before/after")
+        if gamma < 0:
+            raise ValueError(f"gamma (damping) must be ≥ 0, got {gamma}")
+        self.gamma, self.placement = float(gamma), placement
+        self.sigma = get_activation(activation)
+        bound = 1.0 / math.sqrt(features)  # nn.Linear's initial scale
+        self.weight = nn.Parameter(torch.empty(features, classes).uniform_(-bound, bound))
+        self.weight_back = (
+            None if skew else nn.Parameter(torch.empty(features, classes).uniform_(-bound, bound))
+        )
+        self.bias_z = nn.Parameter(torch.empty(classes).uniform_(-bound, bound)) if bias else None
+        self.bias_x = nn.Parameter(torch.empty(features).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        x, z = state
+        back = -self.weight if self.weight_back is None else self.weight_back
+        if self.placement == "before":
+            dz, dx = self.sigma(x) @ self.weight, self.sigma(z) @ back.T
+        else:
+            dz, dx = x @ self.weight, z @ back.T
+        if self.bias_z is not None:
+            dz, dx = dz + self.bias_z, dx + self.bias_x
+        if self.gamma:
+            dz, dx = dz - self.gamma * z, dx - self.gamma * x
+        if self.placement == "after":
+            dz, dx = self.sigma(dz), self.sigma(dx)
+        return dx, dz
+
+
+class SkewLinearODE(ODEBlock):
+    """The classifier skew ODE block (SONet §4): features → logits z(t1).
+
+    z(0) = ``z0``·1 with ``z0 = 0.1`` (reference code; the paper says 1).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        classes: int,
+        *,
+        gamma: float = 0.0,
+        activation: str = "leaky_relu",
+        placement: str = "before",
+        bias: bool = True,
+        z0: float = 0.1,
+        skew: bool = True,
+        solver: SolverConfig | None = None,
+        **solver_options,
+    ) -> None:
+        super().__init__(solver, **solver_options)
+        self.features, self.classes, self.z0 = features, classes, float(z0)
+        self.field = SkewLinearField(
+            features, classes, gamma=gamma, activation=activation, placement=placement,
+            bias=bias, skew=skew,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(
+                f"SkewLinearODE expects (N, {self.features}) input, got {tuple(x.shape)}"
+            )
+        z = x.new_full((x.shape[0], self.classes), self.z0)
+        _, z = self.integrate(self.field, (x, z))
+        return z
+
+    def extra_repr(self) -> str:
+        return f"{self.features}→{self.classes}, z0={self.z0}, {super().extra_repr()}"
