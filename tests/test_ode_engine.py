@@ -25,8 +25,9 @@ def test_per_sample_output_equals_solving_each_sample_alone(method, kind):
     t = torch.tensor([0.0, 0.6, 1.0])
     tol = 1e-2
     rec = StepRecord()
-    batch = odeint(f, y0, t, rtol=tol, atol=tol, method=method, step_control="per_sample",
-                   record=rec)
+    batch = odeint(
+        f, y0, t, rtol=tol, atol=tol, method=method, step_control="per_sample", record=rec
+    )
     batch = batch if isinstance(batch, tuple) else (batch,)
     n = batch[0].shape[1]
     for i in range(n):
@@ -173,8 +174,7 @@ def test_fixed_step_solve_reads_the_device_a_constant_number_of_times(monkeypatc
 def test_max_num_steps_raises_a_clear_error():
     f, y0 = make_field("mlp")
     with pytest.raises(SolverError, match=r"dopri5 \(rtol=1e-09, atol=1e-09\).*max_num_steps=5"):
-        odeint(f, y0, torch.tensor([0.0, 10.0]), rtol=1e-9, atol=1e-9,
-               options={"max_num_steps": 5})
+        odeint(f, y0, torch.tensor([0.0, 10.0]), rtol=1e-9, atol=1e-9, options={"max_num_steps": 5})
 
 
 def test_non_finite_state_raises_instead_of_hanging():
@@ -190,8 +190,13 @@ def test_stiff_blowup_underflows_with_a_named_error():
         return y**2
 
     with pytest.raises(SolverError, match="dopri5"):
-        odeint(finite_time_blowup, torch.ones(1, dtype=torch.float64),
-               torch.tensor([0.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=1e-6)
+        odeint(
+            finite_time_blowup,
+            torch.ones(1, dtype=torch.float64),
+            torch.tensor([0.0, 2.0], dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize(
@@ -229,8 +234,11 @@ def test_linear_ode_matches_closed_form():
     t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     exact = y0 @ torch.linalg.matrix_exp(2.0 * a).T
     for method in METHODS:
-        kw = dict(rtol=1e-9, atol=1e-9) if method in ADAPTIVE_METHODS else {
-            "options": {"step_size": 1e-3}}
+        kw = (
+            dict(rtol=1e-9, atol=1e-9)
+            if method in ADAPTIVE_METHODS
+            else {"options": {"step_size": 1e-3}}
+        )
         out = odeint(lambda t, y: y @ a.T, y0, t, method=method, **kw)[-1]
         bound = 1e-2 if method == "euler" else 1e-5
         assert _rel(out, exact) <= bound, method

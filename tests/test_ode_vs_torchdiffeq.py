@@ -100,8 +100,16 @@ def test_torchdiffeq_backend_records_the_same_grid():
     f, y0 = make_field("conv", torch.float64)
     rec_native, rec_ref = StepRecord(), StepRecord()
     a = odeint(f, y0, T.double(), rtol=1e-2, atol=1e-2, method="bosh3", record=rec_native)
-    b = odeint(f, y0, T.double(), rtol=1e-2, atol=1e-2, method="bosh3", record=rec_ref,
-               backend="torchdiffeq")
+    b = odeint(
+        f,
+        y0,
+        T.double(),
+        rtol=1e-2,
+        atol=1e-2,
+        method="bosh3",
+        record=rec_ref,
+        backend="torchdiffeq",
+    )
     flat = [v for step in rec_native.accepted_steps() for v in step]
     flat_ref = [v for step in rec_ref.accepted_steps() for v in step]
     assert flat == pytest.approx(flat_ref, abs=1e-9)

@@ -122,8 +122,13 @@ def run_stability(settings: StabilitySettings | None = None) -> StabilityResult:
     for skew in (True, False):
         torch.manual_seed(s.seed)  # same initial kernel W for both blocks
         block = SkewConvField(
-            s.channels, s.channels, 1, gamma=s.gamma, norm=None,
-            activation=s.activation, skew=skew,
+            s.channels,
+            s.channels,
+            1,
+            gamma=s.gamma,
+            norm=None,
+            activation=s.activation,
+            skew=skew,
         ).to(dtype)
         results[skew] = _max_output_distance(block, x, x2, t, s)
     return StabilityResult(
@@ -137,7 +142,11 @@ def run_stability(settings: StabilitySettings | None = None) -> StabilityResult:
 
 def write_json(result: StabilityResult, path: Path) -> None:
     """Write atomically: a crash never leaves a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc

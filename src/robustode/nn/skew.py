@@ -35,7 +35,7 @@ NORMS = ("group", None)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(8, C) groups (the reference's), or gcd(8, C) when that does not divide C."""
+    """GroupNorm with min(8, C) groups (the reference's); gcd(8, C) if that does not divide C."""
     groups = min(8, channels)
     if channels % groups:
         groups = math.gcd(8, channels)
@@ -99,7 +99,10 @@ class SkewConvField(nn.Module):
         xn, zn = self.norm_x_in(x), self.norm_z_in(z)
         dz = F.conv2d(xn, self.weight, stride=self.stride, padding=self.padding)
         # output_padding restores odd spatial sizes for stride 2 (it keeps the adjoint exact).
-        extra = [x.shape[-2] - self._back_size(z.shape[-2]), x.shape[-1] - self._back_size(z.shape[-1])]
+        extra = [
+            x.shape[-2] - self._back_size(z.shape[-2]),
+            x.shape[-1] - self._back_size(z.shape[-1]),
+        ]
         back = -self.weight if self.weight_back is None else self.weight_back
         dx = F.conv_transpose2d(
             zn, back, stride=self.stride, padding=self.padding, output_padding=tuple(extra)
@@ -140,8 +143,13 @@ class SkewConvODE(ODEBlock):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.z0 = z0
         self.field = SkewConvField(
-            in_channels, out_channels, stride, gamma=gamma, norm=norm,
-            activation=activation, skew=skew,
+            in_channels,
+            out_channels,
+            stride,
+            gamma=gamma,
+            norm=norm,
+            activation=activation,
+            skew=skew,
         )
 
     def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,8 +248,13 @@ class SkewLinearODE(ODEBlock):
         super().__init__(solver, **solver_options)
         self.features, self.classes, self.z0 = features, classes, float(z0)
         self.field = SkewLinearField(
-            features, classes, gamma=gamma, activation=activation, placement=placement,
-            bias=bias, skew=skew,
+            features,
+            classes,
+            gamma=gamma,
+            activation=activation,
+            placement=placement,
+            bias=bias,
+            skew=skew,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

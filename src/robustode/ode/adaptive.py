@@ -99,8 +99,10 @@ def solve_adaptive_batch(
     f0 = fn(t_ten if t_ten is not None else t_val, y0)
     if opts.first_step is None:
         with torch.set_grad_enabled(_step_grad_mode(opts, first=True)):
-            t_start = t_ten if t_ten is not None else torch.full(
-                (), t_val, dtype=torch.float64, device=device
+            t_start = (
+                t_ten
+                if t_ten is not None
+                else torch.full((), t_val, dtype=torch.float64, device=device)
             )
             h = initial_step(fn, t_start, y0, f0, tableau.order - 1, opts.rtol, opts.atol, False)
         dt_val = float(h.detach())  # one host read per solve
@@ -211,8 +213,12 @@ def solve_adaptive_per_sample(
         running = bool(active.any())  # one host read per output time
         while running:
             if n_steps >= opts.max_num_steps:
-                _raise(tableau.name, opts, f"exceeded max_num_steps={opts.max_num_steps}",
-                       float(t_cur.min()))
+                _raise(
+                    tableau.name,
+                    opts,
+                    f"exceeded max_num_steps={opts.max_num_steps}",
+                    float(t_cur.min()),
+                )
             dt_c = torch.nan_to_num(dt, nan=ctrl.min_step).clamp(ctrl.min_step, ctrl.max_step)
             dt_eff = torch.where(active, dt_c, zero)
 
@@ -251,8 +257,7 @@ def solve_adaptive_per_sample(
             n_steps += 1
             flags = torch.stack([active.any(), non_finite.any(), underflow.any()]).tolist()
             if flags[1]:
-                _raise(tableau.name, opts, "met non-finite values in the state",
-                       float(t_cur.min()))
+                _raise(tableau.name, opts, "met non-finite values in the state", float(t_cur.min()))
             if flags[2]:
                 _raise(tableau.name, opts, "step size underflowed", float(t_cur.min()))
             running = flags[0]

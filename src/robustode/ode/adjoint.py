@@ -66,7 +66,8 @@ class _AdjointSolve(torch.autograd.Function):
                 torch.zeros_like(v) if g is None else g for g, v in zip(vjps[:n], y, strict=True)
             )
             vjp_p = tuple(
-                torch.zeros_like(p) if g is None else g for g, p in zip(vjps[n:], params, strict=True)
+                torch.zeros_like(p) if g is None else g
+                for g, p in zip(vjps[n:], params, strict=True)
             )
             return (
                 *(v.detach() for v in f),
@@ -81,7 +82,11 @@ class _AdjointSolve(torch.autograd.Function):
             state = (*(y[i] for y in ys), *adj_y, *adj_p)
             with torch.no_grad():
                 sol = integrate(
-                    augmented, state, True, t[i - 1 : i + 1].flip(0), **spec["backward"],
+                    augmented,
+                    state,
+                    True,
+                    t[i - 1 : i + 1].flip(0),
+                    **spec["backward"],
                     record=backward_record,
                 )
             end = tuple(s[-1] for s in sol)
@@ -122,9 +127,18 @@ def odeint_adjoint(
         from .reference import torchdiffeq_odeint
 
         return torchdiffeq_odeint(
-            func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-            step_control=step_control, detach_step_size=detach_step_size, record=record,
-            adjoint=True, adjoint_params=adjoint_params,
+            func,
+            y0,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+            step_control=step_control,
+            detach_step_size=detach_step_size,
+            record=record,
+            adjoint=True,
+            adjoint_params=adjoint_params,
         )
     if adjoint_params is None:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
@@ -135,8 +149,13 @@ def odeint_adjoint(
         "is_tuple": is_tuple,
         "record": record,
         "forward": dict(
-            rtol=rtol, atol=atol, method=method, options=options, step_control=step_control,
-            detach_step_size=detach_step_size, record=record,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+            step_control=step_control,
+            detach_step_size=detach_step_size,
+            record=record,
         ),
         "backward": dict(
             rtol=adjoint_rtol if adjoint_rtol is not None else rtol,

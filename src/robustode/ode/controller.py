@@ -94,9 +94,7 @@ def initial_step(
     )
     f1 = field(t0 + h0.to(t0.dtype), y1)
     d2 = (
-        state_norm(
-            tuple((b - a) / s for a, b, s in zip(f0, f1, scale, strict=True)), per_sample
-        )
+        state_norm(tuple((b - a) / s for a, b, s in zip(f0, f1, scale, strict=True)), per_sample)
         / h0
     ).abs()
 
@@ -123,9 +121,7 @@ def next_step_size(dt: float, ratio: float, order: int, cfg: ControllerConfig) -
 def step_factor_tensor(ratio: torch.Tensor, order: int, cfg: ControllerConfig) -> torch.Tensor:
     """The same update factor as a tensor: per sample, or differentiable in ``ratio``."""
     ratio = ratio.to(torch.float64)
-    dfactor = torch.where(
-        ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, cfg.dfactor)
-    )
+    dfactor = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, cfg.dfactor))
     safe = torch.where(ratio == 0, torch.ones_like(ratio), ratio)
     factor = torch.minimum(
         torch.full_like(ratio, cfg.ifactor),

@@ -169,9 +169,7 @@ def integrate(
         outputs = solver(fn, tableau, y0, t_values, t64, opts, record)
     else:
         outputs = solve_fixed(fn, tableau, y0, t, options.get("step_size"), record, max_steps)
-    return tuple(
-        torch.stack([out[i] for out in outputs]) for i in range(len(y0))
-    )
+    return tuple(torch.stack([out[i] for out in outputs]) for i in range(len(y0)))
 
 
 def odeint(
@@ -210,13 +208,30 @@ def odeint(
         from .reference import torchdiffeq_odeint
 
         return torchdiffeq_odeint(
-            func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-            step_control=step_control, detach_step_size=detach_step_size, record=record,
+            func,
+            y0,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+            step_control=step_control,
+            detach_step_size=detach_step_size,
+            record=record,
             adjoint=False,
         )
     out = integrate(
-        func, state, is_tuple, t, rtol=rtol, atol=atol, method=method, options=options,
-        step_control=step_control, detach_step_size=detach_step_size, record=record,
+        func,
+        state,
+        is_tuple,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        step_control=step_control,
+        detach_step_size=detach_step_size,
+        record=record,
     )
     return out if is_tuple else out[0]
 

@@ -53,7 +53,12 @@ class StepRecord:
         if not values:
             return torch.zeros(0, dtype=dtype)
         return torch.stack(
-            [torch.as_tensor(v, dtype=dtype if isinstance(v, (float, bool)) else None).detach().to("cpu", dtype) for v in values]
+            [
+                torch.as_tensor(v, dtype=dtype if isinstance(v, (float, bool)) else None)
+                .detach()
+                .to("cpu", dtype)
+                for v in values
+            ]
         )
 
     def _steps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -46,7 +46,18 @@ class _RecordedFixed(_Recorded):
 
 
 def torchdiffeq_odeint(
-    func, y0, t, *, rtol, atol, method, options, step_control, detach_step_size, record, adjoint,
+    func,
+    y0,
+    t,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    step_control,
+    detach_step_size,
+    record,
+    adjoint,
     adjoint_params=None,
 ):
     """Call ``torchdiffeq.odeint`` (or ``odeint_adjoint``) and record its steps."""

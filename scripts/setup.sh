@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv (if absent) and installs robustode into it.
+# Usage: scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh test
+# The pinned CPU torch goes in first: an unpinned torch would pull several GB
+# of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${ROBUSTODE_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" "torch==2.13.0"
+if [ -n "${1:-}" ]; then
+  "${PIP[@]}" -e ".[$1]"
+else
+  "${PIP[@]}" -e .
+fi

@@ -1,0 +1,63 @@
+"""The command line: results written, bad input named in one line, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robustode.cli import main
+
+
+def test_stability_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "stab.json"
+    assert main(["stability", "--t0", "1", "5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| t0 | skew" in printed and "| 5 |" in printed
+    data = json.loads(out.read_text())
+    assert [r["t0"] for r in data["rows"]] == [1.0, 5.0]
+    assert data["settings"]["gamma"] == 0.1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["stability", "--tol", "-1"], "expected a positive number, got '-1'"),
+        (["stability", "--tol", "abc"], "expected a positive number, got 'abc'"),
+        (["stability", "--gamma", "-0.5"], "expected a number ≥ 0"),
+        (["stability", "--method", "rk45"], "invalid choice: 'rk45'"),
+        (["stability", "--channels", "0"], "expected a positive integer"),
+        (["stability", "--t0", "0"], "expected a positive number"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_get_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustode: error:") and message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["stability", "--t0", "1", "--json", str(blocker / "out.json")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("robustode: error:") and "Traceback" not in "\n".join(err)
+
+
+def test_console_entry_point_runs_as_a_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "robustode", "stability", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "Theorem" in proc.stdout or "skew" in proc.stdout
