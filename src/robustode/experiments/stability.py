@@ -148,5 +148,6 @@ def write_json(result: StabilityResult, path: Path) -> None:
         tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
         raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
