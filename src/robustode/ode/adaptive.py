@@ -94,7 +94,9 @@ def solve_adaptive_batch(
     time_grad = t_tensor.requires_grad and torch.is_grad_enabled()
     t_val = t_values[0]
     # Tensor time is only materialised when a gradient flows through it.
-    t_ten: torch.Tensor | None = t_tensor[0].to(torch.float64) if time_grad else None
+    t_ten: torch.Tensor | None = (
+        t_tensor[0].to(device=device, dtype=torch.float64) if time_grad else None
+    )
 
     f0 = fn(t_ten if t_ten is not None else t_val, y0)
     if opts.first_step is None:
@@ -160,7 +162,7 @@ def solve_adaptive_batch(
             dt_val = new_dt
             n_steps += 1
         assert last is not None
-        target_t = t_tensor[i].to(torch.float64) if time_grad else target
+        target_t = t_tensor[i].to(device=device, dtype=torch.float64) if time_grad else target
         outputs.append(_dense_output(tableau, last, target_t))
     return outputs
 
@@ -191,7 +193,7 @@ def solve_adaptive_per_sample(
     time_grad = t_tensor.requires_grad and torch.is_grad_enabled()
     t_cur = torch.full((batch,), t_values[0], dtype=f64, device=device)
     if time_grad:
-        t_cur = t_tensor[0].to(f64).expand(batch) + 0.0
+        t_cur = t_tensor[0].to(device=device, dtype=f64).expand(batch) + 0.0
 
     f0 = fn(t_cur, y0)
     if opts.first_step is None:
@@ -262,7 +264,7 @@ def solve_adaptive_per_sample(
                 _raise(tableau.name, opts, "step size underflowed", float(t_cur.min()))
             running = flags[0]
         assert coeffs is not None
-        target_t = t_tensor[i].to(f64) if time_grad else target
+        target_t = t_tensor[i].to(device=device, dtype=f64) if time_grad else target
         x = (target_t - last_t0) / (last_t1 - last_t0)
         outputs.append(quartic_evaluate(coeffs, x))
     return outputs

@@ -61,7 +61,7 @@ class VectorField:
     def time(self, value: float | torch.Tensor, nudge: bool = False) -> torch.Tensor:
         """The time tensor handed to ``func`` for an integration time ``value``."""
         if isinstance(value, torch.Tensor):
-            t = value.to(self.dtype)
+            t = value.to(device=self.device, dtype=self.dtype)
         else:
             t = torch.full((), value, dtype=self.dtype, device=self.device)
         if nudge:

@@ -1,0 +1,1 @@
+"""robustode benchmarks: ratios against peers measured in the same run."""
