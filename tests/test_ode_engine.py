@@ -39,6 +39,23 @@ def test_per_sample_output_equals_solving_each_sample_alone(method, kind):
     assert len(rec.accepted_steps()) == n
 
 
+def test_per_sample_record_holds_each_samples_own_grid():
+    f, y0 = make_field("mlp", torch.float64, seed=6)
+    y0 = y0 * torch.tensor([0.1, 1.0, 5.0, 20.0], dtype=torch.float64).view(-1, 1)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    rec = StepRecord()
+    odeint(f, y0, t, rtol=1e-4, atol=1e-4, step_control="per_sample", record=rec)
+    grids = rec.accepted_steps()
+    for i in range(y0.shape[0]):
+        alone = StepRecord()
+        odeint(f, y0[i : i + 1], t, rtol=1e-4, atol=1e-4, record=alone)
+        ours = [v for step in grids[i] for v in step]
+        ref = [v for step in alone.accepted_steps() for v in step]
+        assert ours == pytest.approx(ref, abs=1e-9)
+    distinct = {tuple(round(v, 12) for step in g for v in step) for g in grids}
+    assert len(distinct) == len(grids)  # the samples really took different grids
+
+
 def test_batch_mode_couples_samples_and_per_sample_mode_does_not():
     """The property REFERENCE.md measured for torchdiffeq: batch-mates change outputs."""
     f, y0 = make_field("mlp", seed=1)

@@ -117,3 +117,13 @@ def test_torchdiffeq_backend_records_the_same_grid():
     assert rec_native.nfe_forward == rec_ref.nfe_forward
     for x, y in zip(a, b, strict=True):
         assert _rel(x, y) <= 1e-9
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_gradient_with_respect_to_output_times_matches_torchdiffeq(method):
+    f, y0 = make_field("mlp", torch.float64)
+    t = torch.tensor([0.0, 0.4, 1.3], dtype=torch.float64, requires_grad=True)
+    kw = dict(rtol=1e-2, atol=1e-2, method=method)
+    (g_ref,) = torch.autograd.grad(torchdiffeq.odeint(f, y0, t, **kw).pow(2).sum(), t)
+    (g_out,) = torch.autograd.grad(odeint(f, y0, t, **kw).pow(2).sum(), t)
+    assert _rel(g_out, g_ref) <= 1e-6
