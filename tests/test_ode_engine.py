@@ -126,6 +126,22 @@ def test_adjoint_gradients_agree_with_backprop(method):
     assert rec.nfe_backward > 0
 
 
+def test_adjoint_accepts_a_derivative_that_does_not_depend_on_the_state():
+    w = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    x0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(3, 2, dtype=torch.float64)
+
+    def f(t, s):
+        return torch.tanh(s[0] @ w), torch.zeros_like(s[1])
+
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    kw = dict(rtol=1e-8, atol=1e-8, adjoint_params=(w,))
+    g_adj = torch.autograd.grad(odeint_adjoint(f, (x0, c0), t, **kw)[0][-1].sum(), (w, x0))
+    g_bp = torch.autograd.grad(odeint(f, (x0, c0), t, rtol=1e-8, atol=1e-8)[0][-1].sum(), (w, x0))
+    for a, b in zip(g_adj, g_bp, strict=True):
+        assert _rel(a, b) <= 1e-5
+
+
 def test_first_step_is_differentiable_and_can_be_detached():
     f, y0 = make_field("mlp", torch.float64)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -170,13 +186,14 @@ def _count_host_reads(monkeypatch):
 def test_adaptive_step_reads_the_device_at_most_once(monkeypatch, step_control):
     f, y0 = make_field("conv")
     rec = StepRecord()
-    t = torch.tensor([0.0, 1.0])
+    t = torch.tensor([0.0, 20.0])
     counter = _count_host_reads(monkeypatch)
-    odeint(f, y0, t, rtol=1e-3, atol=1e-3, step_control=step_control, record=rec)
+    odeint(f, y0, t, rtol=1e-6, atol=1e-6, step_control=step_control, record=rec)
     steps = rec.num_steps
     monkeypatch.undo()
-    # per solve: checking t (2), reading t, the first step (1), one per output time
-    assert counter["n"] <= steps + 5
+    assert steps >= 20  # enough steps that two reads per step would break the bound
+    # per solve: validating and reading t, the first step, one per output time
+    assert counter["n"] <= steps + 7
 
 
 def test_fixed_step_solve_reads_the_device_a_constant_number_of_times(monkeypatch):
@@ -184,7 +201,7 @@ def test_fixed_step_solve_reads_the_device_a_constant_number_of_times(monkeypatc
     counter = _count_host_reads(monkeypatch)
     odeint(f, y0, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.01})
     monkeypatch.undo()
-    assert counter["n"] <= 6
+    assert counter["n"] <= 8  # validating and reading t; none in the 100-step loop
 
 
 # ----------------------------------------------------------------- failures
@@ -237,6 +254,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_bad_time_grid_is_named():
     f, y0 = make_field("mlp")
+    with pytest.raises(ValueError, match="finite"):
+        odeint(f, y0, torch.tensor([0.0, float("inf")]), method="euler")
     with pytest.raises(ValueError, match="strictly increasing or strictly decreasing"):
         odeint(f, y0, torch.tensor([0.0, 1.0, 0.5]))
     with pytest.raises(ValueError, match="1-D floating-point"):

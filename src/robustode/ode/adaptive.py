@@ -59,6 +59,13 @@ def _raise(method: str, opts: AdaptiveOptions, what: str, t: float) -> None:
     raise SolverError(f"ODE solve with {opts.describe(method)} {what} at t={t:.6g}")
 
 
+def _budget_message(opts: AdaptiveOptions, target: float) -> str:
+    return (
+        f"exceeded max_num_steps={opts.max_num_steps} on the way to t={target:.6g} "
+        "(raise it with options={'max_num_steps': n}, or loosen the tolerances)"
+    )
+
+
 def _step_grad_mode(opts: AdaptiveOptions, first: bool) -> bool:
     if not torch.is_grad_enabled() or opts.detach_step_size is True:
         return False
@@ -117,12 +124,12 @@ def solve_adaptive_batch(
     y, f = y0, f0
     last: _AcceptedStep | None = None
     outputs: list[State] = [y0]
-    n_steps = 0
     for i in range(1, len(t_values)):
         target = t_values[i]
+        n_steps = 0  # the budget is per output interval, as in torchdiffeq
         while target > t_val:
             if n_steps >= opts.max_num_steps:
-                _raise(tableau.name, opts, f"exceeded max_num_steps={opts.max_num_steps}", t_val)
+                _raise(tableau.name, opts, _budget_message(opts, target), t_val)
             if not math.isfinite(dt_val):
                 dt_val, dt_ten = ctrl.min_step, None
             clamped = min(max(dt_val, ctrl.min_step), ctrl.max_step)

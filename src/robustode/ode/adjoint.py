@@ -59,8 +59,17 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.enable_grad():
                 f = func(tt, y if is_tuple else y[0])
                 f = tuple(f) if is_tuple else (f,)
-                vjps = torch.autograd.grad(
-                    f, y + params, grad_outputs=a, allow_unused=True, retain_graph=False
+                # a derivative that does not depend on y or θ contributes nothing
+                linked = [(fi, ai) for fi, ai in zip(f, a, strict=True) if fi.requires_grad]
+                vjps = (
+                    torch.autograd.grad(
+                        [fi for fi, _ in linked],
+                        y + params,
+                        grad_outputs=[ai for _, ai in linked],
+                        allow_unused=True,
+                    )
+                    if linked
+                    else (None,) * (len(y) + len(params))
                 )
             vjp_y = tuple(
                 torch.zeros_like(v) if g is None else g for g, v in zip(vjps[:n], y, strict=True)

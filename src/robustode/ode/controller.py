@@ -35,12 +35,25 @@ class ControllerConfig:
     max_step: float = math.inf
 
 
+def _safe_sqrt(mean_square: torch.Tensor) -> torch.Tensor:
+    """sqrt whose gradient at 0 is 0, not NaN.
+
+    Norms that are exactly 0 (a zero initial state, a constant field) sit in
+    the graph of the first-step selection even where they do not decide it;
+    sqrt's infinite slope at 0 times their zero upstream gradient would make
+    every gradient NaN. torchdiffeq avoids it by branching on the host.
+    """
+    zero = mean_square == 0  # NaN stays NaN: a non-finite state must still be caught
+    safe = torch.where(zero, torch.ones_like(mean_square), mean_square)
+    return torch.where(zero, torch.zeros_like(mean_square), safe.sqrt())
+
+
 def state_norm(values: State, per_sample: bool) -> torch.Tensor:
     """Max over tuple components of each component's RMS (0-dim, or (B,) per sample)."""
     norms = []
     for v in values:
         sq = v.abs().pow(2)
-        norms.append(sq.flatten(1).mean(1).sqrt() if per_sample else sq.mean().sqrt())
+        norms.append(_safe_sqrt(sq.flatten(1).mean(1) if per_sample else sq.mean()))
     if len(norms) == 1:
         return norms[0]
     return torch.stack(norms).amax(0)

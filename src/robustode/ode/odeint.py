@@ -73,6 +73,8 @@ def _check_time(t) -> torch.Tensor:
         raise ValueError("t must be a 1-D floating-point tensor of output times")
     if t.numel() == 0:
         raise ValueError("t must hold at least one time")
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError("t must hold finite times")
     if t.numel() > 1:
         d = t.detach()[1:] - t.detach()[:-1]
         if not (bool((d > 0).all()) or bool((d < 0).all())):
@@ -143,6 +145,7 @@ def integrate(
     fn = VectorField(func, is_tuple, record, dtype, device, sign)
     record.method, record.step_control = method, step_control
     max_steps = int(options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
+    first_new_step = record.num_steps
 
     if t.numel() == 1:
         outputs: list[State] = [y0]
@@ -169,6 +172,8 @@ def integrate(
         outputs = solver(fn, tableau, y0, t_values, t64, opts, record)
     else:
         outputs = solve_fixed(fn, tableau, y0, t, options.get("step_size"), record, max_steps)
+    if sign < 0:
+        record.negate_times(first_new_step)  # record in the caller's time, not in s = -t
     return tuple(torch.stack([out[i] for out in outputs]) for i in range(len(y0)))
 
 

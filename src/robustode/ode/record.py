@@ -39,6 +39,12 @@ class StepRecord:
         if active is not None:
             self._active.append(active)
 
+    def negate_times(self, start: int = 0) -> None:
+        """Flip the sign of the step start times recorded from index ``start`` on
+        (a decreasing time grid is integrated as s = −t)."""
+        for i in range(start, len(self._t0)):
+            self._t0[i] = -self._t0[i]
+
     def reset(self) -> None:
         self.nfe_forward = 0
         self.nfe_backward = 0

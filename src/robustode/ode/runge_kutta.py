@@ -27,23 +27,25 @@ def rk_step(
     ``nudge_end`` the stages at c = 1 are evaluated one ulp below t1.
     ``f1`` is the last stage evaluated (FSAL for dopri5/bosh3).
     """
+    dtype = y0[0].dtype
     ks: list[State] = [f0]
     yi = y0
     for c, row in zip(tableau.c, tableau.a, strict=True):
-        coeffs = [scale_coefficient(a, dt) for a in row]
+        coeffs = [scale_coefficient(a, dt, dtype) for a in row]
         yi = lincomb(y0, coeffs, ks[: len(row)])
         ks.append(field(stage_time(c), yi, nudge=nudge_end and c == 1.0))
     if tableau.fsal:
         y1 = yi
     else:
-        y1 = lincomb(y0, [scale_coefficient(b, dt) for b in tableau.b], ks)
+        y1 = lincomb(y0, [scale_coefficient(b, dt, dtype) for b in tableau.b], ks)
     error = None
     if tableau.b_error is not None:
-        error = lincomb(None, [scale_coefficient(e, dt) for e in tableau.b_error], ks)
+        error = lincomb(None, [scale_coefficient(e, dt, dtype) for e in tableau.b_error], ks)
     return y1, ks[-1], error, ks
 
 
 def midpoint_value(tableau: ButcherTableau, y0: State, ks: list[State], dt) -> State:
     """Dense-output value at t0 + dt/2 from the stage derivatives."""
     assert tableau.b_mid is not None
-    return lincomb(y0, [scale_coefficient(m, dt) for m in tableau.b_mid], ks)
+    dtype = y0[0].dtype
+    return lincomb(y0, [scale_coefficient(m, dt, dtype) for m in tableau.b_mid], ks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 State = tuple[torch.Tensor, ...]
@@ -28,34 +29,50 @@ def _scaled(c: Coefficient, k: torch.Tensor) -> torch.Tensor:
 
 
 def lincomb(base: State | None, coeffs: Sequence[Coefficient], ks: Sequence[State]) -> State:
-    """Return ``base + Σ_j coeffs[j] · ks[j]`` component-wise (``base`` None means 0).
+    """Return ``base + (Σ_j coeffs[j] · ks[j])`` component-wise (``base`` None means 0).
 
-    ``None`` coefficients are skipped, which is how zero tableau entries cost nothing.
+    The increments are summed first and added to ``base`` last, the order in
+    which torchdiffeq rounds. ``None`` coefficients (zero tableau entries) are
+    skipped.
     """
-    n = len(ks[0]) if ks else len(base)  # type: ignore[arg-type]
+    n = len(ks[0])
     out = []
     for i in range(n):
-        acc = None if base is None else base[i]
+        acc = None
         for c, k in zip(coeffs, ks, strict=False):
             if c is None:
                 continue
-            ki = k[i]
             if isinstance(c, float):
-                acc = ki * c if acc is None else torch.add(acc, ki, alpha=c)
+                acc = k[i] * c if acc is None else torch.add(acc, k[i], alpha=c)
             else:
-                term = _scaled(c, ki)
+                term = _scaled(c, k[i])
                 acc = term if acc is None else acc + term
         if acc is None:
             acc = torch.zeros_like(ks[0][i])
-        out.append(acc)
+        out.append(acc if base is None else base[i] + acc)
     return tuple(out)
 
 
-def scale_coefficient(a: float, dt: float | torch.Tensor) -> Coefficient:
-    """The coefficient ``a · dt`` of a tableau entry, or None when ``a`` is zero."""
+def scale_coefficient(a: float, dt: float | torch.Tensor, dtype: torch.dtype) -> Coefficient:
+    """The coefficient ``a · dt`` of a tableau entry, rounded as the state's dtype
+    computes it (torchdiffeq casts dt and the tableau to that dtype), or None
+    when ``a`` is zero."""
     if a == 0.0:
         return None
-    return a * dt
+    if isinstance(dt, torch.Tensor):
+        return dt.to(dtype) * a
+    if dtype == torch.float64:
+        return a * dt
+    return round_to(round_to(a, dtype) * round_to(dt, dtype), dtype)
+
+
+def round_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (a Python float holding that exact value)."""
+    if dtype == torch.float64:
+        return value
+    if dtype == torch.float32:
+        return float(np.float32(value))
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def where(mask: torch.Tensor, a: State, b: State) -> State:
@@ -112,11 +129,20 @@ def quartic_evaluate(coeffs: list[State], x: float | torch.Tensor) -> State:
     return tuple(out)
 
 
-def linear_interpolate(y0: State, y1: State, t0: float, t1: float, t: float) -> State:
-    """Linear interpolation between grid points (torchdiffeq's fixed-grid output rule)."""
-    if t == t0:
+TimePoint = tuple[float, "float | torch.Tensor"]
+
+
+def linear_interpolate(y0: State, y1: State, t0: TimePoint, t1: TimePoint, t: TimePoint) -> State:
+    """Linear interpolation between grid points (torchdiffeq's fixed-grid output rule).
+
+    Each time is (host value, value used in arithmetic), the second a tensor
+    when a gradient flows through the times.
+    """
+    if t[0] == t0[0]:
         return y0
-    if t == t1:
+    if t[0] == t1[0]:
         return y1
-    s = (t - t0) / (t1 - t0)
-    return tuple(torch.add(a, b - a, alpha=s) for a, b in zip(y0, y1, strict=True))
+    slope = (t[1] - t0[1]) / (t1[1] - t0[1])
+    if isinstance(slope, torch.Tensor):
+        return tuple(a + slope.to(a.dtype) * (b - a) for a, b in zip(y0, y1, strict=True))
+    return tuple(torch.add(a, b - a, alpha=slope) for a, b in zip(y0, y1, strict=True))
