@@ -210,9 +210,12 @@ def solve_adaptive_per_sample(
         dt = torch.full((batch,), float(opts.first_step), dtype=f64, device=device)
 
     y, f = y0, f0
-    coeffs: list[State] | None = None
+    # Per sample, the last accepted step's start state, start derivative and
+    # midpoint value; its end state and derivative are always the current y, f.
+    last: tuple[State, State, State] | None = None
     last_t0 = t_cur
     last_t1 = t_cur
+    last_dt = torch.zeros_like(t_cur)
     outputs: list[State] = [y0]
     n_steps = 0
     zero = torch.zeros((), dtype=f64, device=device)
@@ -240,13 +243,13 @@ def solve_adaptive_per_sample(
             accept = ((ratio <= 1) | (dt_c <= ctrl.min_step)) & active
             record.add_step(t_cur.detach(), dt_eff.detach(), accept, active)
 
-            y_mid = midpoint_value(tableau, y, ks, dt_eff)
-            new_coeffs = quartic_coefficients(y, y1, y_mid, f, f1, dt_eff)
-            coeffs = (
-                new_coeffs
-                if coeffs is None
-                else [where(accept, n, o) for n, o in zip(new_coeffs, coeffs, strict=True)]
+            step = (y, f, midpoint_value(tableau, y, ks, dt_eff))
+            last = (
+                step
+                if last is None
+                else tuple(where(accept, n, o) for n, o in zip(step, last, strict=True))
             )
+            last_dt = torch.where(accept, dt_eff, last_dt)
             t_next = t_cur + dt_eff
             last_t0 = torch.where(accept, t_cur, last_t0)
             last_t1 = torch.where(accept, t_next, last_t1)
@@ -270,7 +273,8 @@ def solve_adaptive_per_sample(
             if flags[2]:
                 _raise(tableau.name, opts, "step size underflowed", float(t_cur.min()))
             running = flags[0]
-        assert coeffs is not None
+        assert last is not None
+        coeffs = quartic_coefficients(last[0], y, last[2], last[1], f, last_dt)
         target_t = t_tensor[i].to(device=device, dtype=f64) if time_grad else target
         x = (target_t - last_t0) / (last_t1 - last_t0)
         outputs.append(quartic_evaluate(coeffs, x))

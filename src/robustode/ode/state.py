@@ -20,12 +20,10 @@ State = tuple[torch.Tensor, ...]
 Coefficient = float | torch.Tensor | None
 
 
-def _scaled(c: Coefficient, k: torch.Tensor) -> torch.Tensor:
-    assert isinstance(c, torch.Tensor)
+def _broadcast(c: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """A 0-dim or per-sample (B,) coefficient in k's dtype, shaped to broadcast over k."""
     c = c.to(k.dtype)
-    if c.dim() == 1:
-        c = c.view(-1, *([1] * (k.dim() - 1)))
-    return c * k
+    return c.view(-1, *([1] * (k.dim() - 1))) if c.dim() == 1 else c
 
 
 def lincomb(base: State | None, coeffs: Sequence[Coefficient], ks: Sequence[State]) -> State:
@@ -45,8 +43,8 @@ def lincomb(base: State | None, coeffs: Sequence[Coefficient], ks: Sequence[Stat
             if isinstance(c, float):
                 acc = k[i] * c if acc is None else torch.add(acc, k[i], alpha=c)
             else:
-                term = _scaled(c, k[i])
-                acc = term if acc is None else acc + term
+                cb = _broadcast(c, k[i])
+                acc = k[i] * cb if acc is None else torch.addcmul(acc, cb, k[i])
         if acc is None:
             acc = torch.zeros_like(ks[0][i])
         out.append(acc if base is None else base[i] + acc)
