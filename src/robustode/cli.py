@@ -22,34 +22,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"robustode: error: {message}\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return value
+def _number(cast, minimum: float, inclusive: bool, what: str):
+    """An argparse type: ``cast`` the text and require it finite and ≥ / > ``minimum``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        ok = (
+            value is not None
+            and value != float("inf")
+            and (value >= minimum if inclusive else value > minimum)
+        )
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'")
+        return value
+
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got '{text}'") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got '{text}'")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+_positive_float = _number(float, 0.0, False, "a positive number")
+_nonnegative_float = _number(float, 0.0, True, "a number ≥ 0")
+_positive_int = _number(int, 1, True, "a positive integer")
 
 
 # --------------------------------------------------------------------- stability

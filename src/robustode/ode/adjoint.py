@@ -20,14 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .odeint import (
-    StateLike,
-    _as_state,
-    _check_options,
-    _check_time,
-    check_method,
-    integrate,
-)
+from .odeint import StateLike, _check_options, check_method, integrate, prepare_call
 from .record import StepRecord
 
 
@@ -127,50 +120,38 @@ def odeint_adjoint(
     """``odeint`` whose gradients come from the adjoint method (same signature as
     ``torchdiffeq.odeint_adjoint``). ``adjoint_params`` defaults to the
     parameters of ``func`` when it is an ``nn.Module``."""
-    method = check_method(method)
-    options = _check_options(method, options)
-    t = _check_time(t)
-    state, is_tuple = _as_state(y0)
-    record = record if record is not None else StepRecord()
+    state, is_tuple, t, common = prepare_call(
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        step_control=step_control,
+        detach_step_size=detach_step_size,
+        record=record,
+        backend=backend,
+    )
     if backend == "torchdiffeq":
         from .reference import torchdiffeq_odeint
 
         return torchdiffeq_odeint(
-            func,
-            y0,
-            t,
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options=options,
-            step_control=step_control,
-            detach_step_size=detach_step_size,
-            record=record,
-            adjoint=True,
-            adjoint_params=adjoint_params,
+            func, y0, t, adjoint=True, adjoint_params=adjoint_params, **common
         )
     if adjoint_params is None:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if p.requires_grad)
-    b_method = check_method(adjoint_method or method)
+    b_method = check_method(adjoint_method or common["method"])
     spec = {
         "func": func,
         "is_tuple": is_tuple,
-        "record": record,
-        "forward": dict(
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options=options,
-            step_control=step_control,
-            detach_step_size=detach_step_size,
-            record=record,
-        ),
+        "record": common["record"],
+        "forward": common,
         "backward": dict(
             rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
             atol=adjoint_atol if adjoint_atol is not None else atol,
             method=b_method,
-            options=_check_options(b_method, adjoint_options if adjoint_options else options),
+            options=_check_options(b_method, adjoint_options or common["options"]),
             step_control="batch",
             detach_step_size=True,
         ),

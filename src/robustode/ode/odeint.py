@@ -198,37 +198,8 @@ def odeint(
     keyword arguments after ``options`` are robustode's additions (module
     docstring). In per-sample mode ``func`` receives t as a (B,) tensor.
     """
-    method = check_method(method)
-    if step_control not in STEP_CONTROLS:
-        raise ValueError(
-            f"unknown step_control '{step_control}'; choose one of: {', '.join(STEP_CONTROLS)}"
-        )
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
-    options = _check_options(method, options)
-    t = _check_time(t)
-    state, is_tuple = _as_state(y0)
-    record = record if record is not None else StepRecord()
-    if backend == "torchdiffeq":
-        from .reference import torchdiffeq_odeint
-
-        return torchdiffeq_odeint(
-            func,
-            y0,
-            t,
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options=options,
-            step_control=step_control,
-            detach_step_size=detach_step_size,
-            record=record,
-            adjoint=False,
-        )
-    out = integrate(
-        func,
-        state,
-        is_tuple,
+    state, is_tuple, t, common = prepare_call(
+        y0,
         t,
         rtol=rtol,
         atol=atol,
@@ -237,8 +208,52 @@ def odeint(
         step_control=step_control,
         detach_step_size=detach_step_size,
         record=record,
+        backend=backend,
     )
+    if backend == "torchdiffeq":
+        from .reference import torchdiffeq_odeint
+
+        return torchdiffeq_odeint(func, y0, t, adjoint=False, **common)
+    out = integrate(func, state, is_tuple, t, **common)
     return out if is_tuple else out[0]
+
+
+def prepare_call(
+    y0: StateLike,
+    t,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    step_control,
+    detach_step_size,
+    record,
+    backend,
+) -> tuple[State, bool, torch.Tensor, dict]:
+    """Validate the arguments shared by ``odeint`` and ``odeint_adjoint``.
+
+    Returns the state as a tuple, whether the caller passed a tuple, the
+    checked times, and the keyword arguments of one solve.
+    """
+    method = check_method(method)
+    if step_control not in STEP_CONTROLS:
+        raise ValueError(
+            f"unknown step_control '{step_control}'; choose one of: {', '.join(STEP_CONTROLS)}"
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    state, is_tuple = _as_state(y0)
+    common = dict(
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=_check_options(method, options),
+        step_control=step_control,
+        detach_step_size=detach_step_size,
+        record=record if record is not None else StepRecord(),
+    )
+    return state, is_tuple, _check_time(t), common
 
 
 __all__ = ["FIXED_METHODS", "METHODS", "odeint"]
