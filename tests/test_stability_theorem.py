@@ -114,3 +114,9 @@ def test_stability_radius_skew_bounded_unconstrained_grows(seed):
     assert max(result.skew) <= 10 * delta, result.to_markdown()
     assert result.unconstrained[-1] >= 100 * delta, result.to_markdown()
     assert result.unconstrained[-1] >= 10 * result.skew[-1]
+
+
+def test_stability_experiment_is_deterministic_for_a_seed():
+    settings = StabilitySettings(t0s=(1.0, 5.0), seed=7)
+    first, second = run_stability(settings), run_stability(settings)
+    assert first.skew == second.skew and first.unconstrained == second.unconstrained
