@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .state import State
+from .state import State, broadcast
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ def initial_step(
     safe_d1 = torch.where(small, torch.ones_like(d1), d1)
     h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / safe_d1).abs()
 
-    y1 = tuple(
-        a + (h0.view(-1, *([1] * (f.dim() - 1))) if per_sample else h0) * f
-        for a, f in zip(y0, f0, strict=True)
-    )
+    y1 = tuple(a + broadcast(h0, f) * f for a, f in zip(y0, f0, strict=True))
     f1 = field(t0 + h0.to(t0.dtype), y1)
     d2 = (
         state_norm(tuple((b - a) / s for a, b, s in zip(f0, f1, scale, strict=True)), per_sample)

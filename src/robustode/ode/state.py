@@ -20,7 +20,7 @@ State = tuple[torch.Tensor, ...]
 Coefficient = float | torch.Tensor | None
 
 
-def _broadcast(c: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def broadcast(c: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """A 0-dim or per-sample (B,) coefficient in k's dtype, shaped to broadcast over k."""
     c = c.to(k.dtype)
     return c.view(-1, *([1] * (k.dim() - 1))) if c.dim() == 1 else c
@@ -43,7 +43,7 @@ def lincomb(base: State | None, coeffs: Sequence[Coefficient], ks: Sequence[Stat
             if isinstance(c, float):
                 acc = k[i] * c if acc is None else torch.add(acc, k[i], alpha=c)
             else:
-                cb = _broadcast(c, k[i])
+                cb = broadcast(c, k[i])
                 acc = k[i] * cb if acc is None else torch.addcmul(acc, cb, k[i])
         if acc is None:
             acc = torch.zeros_like(ks[0][i])
@@ -82,11 +82,6 @@ def where(mask: torch.Tensor, a: State, b: State) -> State:
     return tuple(out)
 
 
-def broadcast_per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """View a (B,) vector so it broadcasts against a (B, ...) tensor."""
-    return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
 # ---------------------------------------------------------------- interpolation
 def quartic_coefficients(
     y0: State, y1: State, y_mid: State, f0: State, f1: State, dt: float | torch.Tensor
@@ -97,12 +92,9 @@ def quartic_coefficients(
     y(t1) and dt·f at both ends (the dense output torchdiffeq uses for every
     adaptive method).
     """
-    per_sample = isinstance(dt, torch.Tensor) and dt.dim() == 1
     coeffs: list[list[torch.Tensor]] = [[], [], [], [], []]
     for a0, a1, am, g0, g1 in zip(y0, y1, y_mid, f0, f1, strict=True):
-        h = broadcast_per_sample(dt, a0) if per_sample else dt
-        if isinstance(h, torch.Tensor):
-            h = h.to(a0.dtype)
+        h = broadcast(dt, a0) if isinstance(dt, torch.Tensor) else dt
         coeffs[0].append(a0)
         coeffs[1].append(h * g0)
         coeffs[2].append(h * (g1 - 4 * g0) - 11 * a0 - 5 * a1 + 16 * am)
@@ -115,9 +107,7 @@ def quartic_evaluate(coeffs: list[State], x: float | torch.Tensor) -> State:
     """Evaluate the quartic at x (a float, a 0-dim tensor or a per-sample (B,) tensor)."""
     out = []
     for i in range(len(coeffs[0])):
-        xi = x
-        if isinstance(x, torch.Tensor):
-            xi = broadcast_per_sample(x, coeffs[0][i]) if x.dim() == 1 else x.to(coeffs[0][i].dtype)
+        xi = broadcast(x, coeffs[0][i]) if isinstance(x, torch.Tensor) else x
         total = coeffs[0][i] + xi * coeffs[1][i]
         power = xi
         for c in coeffs[2:]:
