@@ -211,6 +211,38 @@ def test_max_num_steps_raises_a_clear_error():
         odeint(f, y0, torch.tensor([0.0, 10.0]), rtol=1e-9, atol=1e-9, options={"max_num_steps": 5})
 
 
+@pytest.mark.parametrize("step_control", ["batch", "per_sample"])
+def test_failure_on_a_decreasing_grid_speaks_in_the_callers_time(step_control):
+    f, y0 = make_field("mlp")
+    rec = StepRecord()
+    with pytest.raises(SolverError, match=r"on the way to t=-5 .* at t=-0\.\d"):
+        odeint(
+            f,
+            y0,
+            torch.tensor([0.0, -5.0]),
+            rtol=1e-9,
+            atol=1e-9,
+            options={"max_num_steps": 3},
+            step_control=step_control,
+            record=rec,
+        )
+    steps = rec.accepted_steps()
+    if step_control == "per_sample":
+        steps = [step for sample in steps for step in sample]
+    starts = [t0 for t0, _ in steps]
+    assert starts and all(t0 <= 0 for t0 in starts) and min(starts) < 0
+
+
+def test_per_sample_mode_takes_one_scalar_per_sample():
+    y0 = torch.tensor([1.0, 2.0, -0.5, 3.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    out = odeint(lambda t, y: -y, y0, t, rtol=1e-8, atol=1e-8, step_control="per_sample")
+    assert torch.allclose(out[-1], y0 * math.exp(-1.0), rtol=1e-6)
+    for i in range(len(y0)):
+        alone = odeint(lambda t, y: -y, y0[i : i + 1], t, rtol=1e-8, atol=1e-8)
+        assert torch.allclose(out[-1, i], alone[-1, 0], rtol=1e-6)
+
+
 def test_non_finite_state_raises_instead_of_hanging():
     def blowup(t, y):
         return y * float("nan")

@@ -193,3 +193,52 @@ def test_decreasing_grid_is_recorded_in_the_callers_time():
     flat_ref = [v for step in ref.accepted_steps() for v in step]
     assert flat == pytest.approx(flat_ref, abs=1e-9)
     assert flat[0] == 1.0
+
+
+@pytest.mark.parametrize("step_control", ["batch", "per_sample"])
+def test_step_budget_per_interval_holds_in_both_step_controls(step_control):
+    # A long output grid: the whole solve needs more steps than one interval's budget.
+    def f(t, y):
+        return -y
+
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    t = torch.linspace(0, 10, 40, dtype=torch.float64)
+    kw = dict(rtol=1e-6, atol=1e-6, method="dopri5", options={"max_num_steps": 10})
+    ref = torchdiffeq.odeint(f, y0, t, **kw)
+    out = odeint(f, y0, t, step_control=step_control, **kw)
+    assert _rel(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_field_returning_another_dtype_keeps_the_state_dtype_like_torchdiffeq(method):
+    def f(t, y):
+        return (-y).double()
+
+    y0 = torch.randn(3, 2)
+    t = torch.tensor([0.0, 1.0])
+    ref = torchdiffeq.odeint(f, y0, t, method=method)
+    out = odeint(f, y0, t, method=method)
+    assert out.dtype == ref.dtype == torch.float32
+    assert _rel(out, ref) <= 1e-5
+
+
+def test_adjoint_takes_an_explicit_empty_adjoint_options_like_torchdiffeq():
+    from robustode.ode import odeint_adjoint
+
+    p = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def g(t, y):
+        return -p * y
+
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    kw = dict(
+        method="rk4",
+        options={"step_size": 0.1},
+        adjoint_method="dopri5",
+        adjoint_options={},
+        adjoint_params=(p,),
+    )
+    (g_ref,) = torch.autograd.grad(torchdiffeq.odeint_adjoint(g, y0, t, **kw).sum(), p)
+    (g_out,) = torch.autograd.grad(odeint_adjoint(g, y0, t, **kw).sum(), p)
+    assert _rel(g_out, g_ref) <= 1e-4

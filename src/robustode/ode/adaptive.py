@@ -48,6 +48,8 @@ class AdaptiveOptions:
     # None: torchdiffeq (first step differentiable, later detached);
     # True: every step size detached; False: gradients flow through all of them.
     detach_step_size: bool | None = None
+    # -1 when a decreasing grid is integrated as s = -t: messages show the caller's t.
+    time_sign: float = 1.0
 
     def describe(self, method: str) -> str:
         rt = self.rtol[0] if len(set(self.rtol)) == 1 else self.rtol
@@ -56,12 +58,14 @@ class AdaptiveOptions:
 
 
 def _raise(method: str, opts: AdaptiveOptions, what: str, t: float) -> None:
-    raise SolverError(f"ODE solve with {opts.describe(method)} {what} at t={t:.6g}")
+    t_caller = opts.time_sign * t
+    raise SolverError(f"ODE solve with {opts.describe(method)} {what} at t={t_caller:.6g}")
 
 
 def _budget_message(opts: AdaptiveOptions, target: float) -> str:
     return (
-        f"exceeded max_num_steps={opts.max_num_steps} on the way to t={target:.6g} "
+        f"exceeded max_num_steps={opts.max_num_steps} on the way to "
+        f"t={opts.time_sign * target:.6g} "
         "(raise it with options={'max_num_steps': n}, or loosen the tolerances)"
     )
 
@@ -217,19 +221,16 @@ def solve_adaptive_per_sample(
     last_t1 = t_cur
     last_dt = torch.zeros_like(t_cur)
     outputs: list[State] = [y0]
-    n_steps = 0
     zero = torch.zeros((), dtype=f64, device=device)
     for i in range(1, len(t_values)):
         target = t_values[i]
+        n_steps = 0  # per output interval, as in batch mode
         active = t_cur < target
         running = bool(active.any())  # one host read per output time
         while running:
             if n_steps >= opts.max_num_steps:
                 _raise(
-                    tableau.name,
-                    opts,
-                    f"exceeded max_num_steps={opts.max_num_steps}",
-                    float(t_cur.min()),
+                    tableau.name, opts, _budget_message(opts, target), float(t_cur.detach().min())
                 )
             dt_c = torch.nan_to_num(dt, nan=ctrl.min_step).clamp(ctrl.min_step, ctrl.max_step)
             dt_eff = torch.where(active, dt_c, zero)
@@ -269,9 +270,14 @@ def solve_adaptive_per_sample(
             n_steps += 1
             flags = torch.stack([active.any(), non_finite.any(), underflow.any()]).tolist()
             if flags[1]:
-                _raise(tableau.name, opts, "met non-finite values in the state", float(t_cur.min()))
+                _raise(
+                    tableau.name,
+                    opts,
+                    "met non-finite values in the state",
+                    float(t_cur.detach().min()),
+                )
             if flags[2]:
-                _raise(tableau.name, opts, "step size underflowed", float(t_cur.min()))
+                _raise(tableau.name, opts, "step size underflowed", float(t_cur.detach().min()))
             running = flags[0]
         assert last is not None
         coeffs = quartic_coefficients(last[0], y, last[2], last[1], f, last_dt)

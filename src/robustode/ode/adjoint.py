@@ -151,7 +151,10 @@ def odeint_adjoint(
             rtol=adjoint_rtol if adjoint_rtol is not None else rtol,
             atol=adjoint_atol if adjoint_atol is not None else atol,
             method=b_method,
-            options=_check_options(b_method, adjoint_options or common["options"]),
+            options=_check_options(
+                b_method,
+                adjoint_options if adjoint_options is not None else common["options"],
+            ),
             step_control="batch",
             detach_step_size=True,
         ),

@@ -53,7 +53,7 @@ def state_norm(values: State, per_sample: bool) -> torch.Tensor:
     norms = []
     for v in values:
         sq = v.abs().pow(2)
-        norms.append(_safe_sqrt(sq.flatten(1).mean(1) if per_sample else sq.mean()))
+        norms.append(_safe_sqrt(sq.reshape(sq.shape[0], -1).mean(1) if per_sample else sq.mean()))
     if len(norms) == 1:
         return norms[0]
     return torch.stack(norms).amax(0)

@@ -83,6 +83,9 @@ class VectorField:
             out = tuple(out)
         else:
             out = (out,)
+        # torchdiffeq writes stages into buffers of y0's dtype; a field that
+        # returns another dtype must not silently change the state's.
+        out = tuple(o.to(self.dtype) for o in out)
         if self.sign < 0:
             out = tuple(-o for o in out)
         if torch.is_grad_enabled() and any(o.requires_grad for o in out):
