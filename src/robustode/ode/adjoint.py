@@ -10,7 +10,11 @@ from a(t_i) = ∂L/∂y(t_i), θ(t_i) = running parameter gradient. Each
 augmented evaluation is one vector–Jacobian product of ``func``. The backward
 solve uses batch step control over the whole augmented state (its norm is the
 maximum over tensors of their RMS, parameters included), whatever the forward
-used. Gradients with respect to ``t`` are not computed.
+used.
+
+When ``t`` requires grad, as torchdiffeq does: ∂L/∂t_i = f(t_i, y_i) · ∂L/∂y(t_i)
+for i ≥ 1, and ∂L/∂t_0 comes from one more augmented scalar,
+dτ/dt = −aᵀ ∂f/∂t, started at −Σ_{j≥i} ∂L/∂t_j (Chen et al. 2018, appendix B.2).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class _AdjointSolve(torch.autograd.Function):
         saved = ctx.saved_tensors
         t, ys, params = saved[0], saved[1 : 1 + n], saved[1 + n :]
         func, is_tuple = spec["func"], spec["is_tuple"]
+        time_grad = ctx.needs_input_grad[1]
         grad_ys = tuple(
             torch.zeros_like(y) if g is None else g for g, y in zip(grad_ys, ys, strict=True)
         )
@@ -50,38 +55,46 @@ class _AdjointSolve(torch.autograd.Function):
             y = tuple(v.detach().requires_grad_(True) for v in state[:n])
             a = state[n : 2 * n]
             with torch.enable_grad():
+                # only when ∂L/∂t is wanted: ∂f/∂t may not even exist (piecewise fields)
+                tt = tt.detach().requires_grad_(True) if time_grad else tt.detach()
                 f = func(tt, y if is_tuple else y[0])
                 f = tuple(f) if is_tuple else (f,)
-                # a derivative that does not depend on y or θ contributes nothing
+                wrt = y + params + ((tt,) if time_grad else ())
+                # a derivative that does not depend on y, θ or t contributes nothing
                 linked = [(fi, ai) for fi, ai in zip(f, a, strict=True) if fi.requires_grad]
                 vjps = (
                     torch.autograd.grad(
                         [fi for fi, _ in linked],
-                        y + params,
+                        wrt,
                         grad_outputs=[ai for _, ai in linked],
                         allow_unused=True,
                     )
                     if linked
-                    else (None,) * (len(y) + len(params))
+                    else (None,) * len(wrt)
                 )
-            vjp_y = tuple(
-                torch.zeros_like(v) if g is None else g for g, v in zip(vjps[:n], y, strict=True)
+            vjps = tuple(
+                torch.zeros_like(v) if g is None else g for g, v in zip(vjps, wrt, strict=True)
             )
-            vjp_p = tuple(
-                torch.zeros_like(p) if g is None else g
-                for g, p in zip(vjps[n:], params, strict=True)
-            )
-            return (
-                *(v.detach() for v in f),
-                *(-g for g in vjp_y),
-                *(-g for g in vjp_p),
-            )
+            return (*(v.detach() for v in f), *(-g for g in vjps))
+
+        def output_time_gradient(i: int) -> torch.Tensor:
+            y_i = tuple(y[i] for y in ys)
+            with torch.no_grad():
+                f = func(t[i].to(ys[0].dtype), y_i if is_tuple else y_i[0])
+            f = tuple(f) if is_tuple else (f,)
+            return sum((fi * g[i]).sum() for fi, g in zip(f, grad_ys, strict=True))
 
         adj_y = tuple(g[-1] for g in grad_ys)
         adj_p = tuple(torch.zeros_like(p) for p in params)
+        adj_t = (torch.zeros((), dtype=ys[0].dtype, device=ys[0].device),) if time_grad else ()
+        time_vjps = torch.zeros_like(t) if time_grad else None
         backward_record = StepRecord()
         for i in range(len(t) - 1, 0, -1):
-            state = (*(y[i] for y in ys), *adj_y, *adj_p)
+            if time_grad:
+                d_ti = output_time_gradient(i)
+                time_vjps[i] = d_ti
+                adj_t = (adj_t[0] - d_ti,)
+            state = (*(y[i] for y in ys), *adj_y, *adj_p, *adj_t)
             with torch.no_grad():
                 sol = integrate(
                     augmented,
@@ -93,9 +106,12 @@ class _AdjointSolve(torch.autograd.Function):
                 )
             end = tuple(s[-1] for s in sol)
             adj_y = tuple(a + g[i - 1] for a, g in zip(end[n : 2 * n], grad_ys, strict=True))
-            adj_p = end[2 * n :]
+            adj_p = end[2 * n : 2 * n + len(params)]
+            adj_t = end[2 * n + len(params) :]
+        if time_grad and len(t) > 1:
+            time_vjps[0] = adj_t[0]
         spec["record"].nfe_backward += backward_record.nfe_forward
-        return (None, None, None, *adj_y, *adj_p)
+        return (None, time_vjps, None, *adj_y, *adj_p)
 
 
 def odeint_adjoint(
