@@ -222,6 +222,10 @@ def solve_adaptive_per_sample(
     last_dt = torch.zeros_like(t_cur)
     outputs: list[State] = [y0]
     zero = torch.zeros((), dtype=f64, device=device)
+
+    def fail(what: str) -> None:  # at the time of the sample that lags furthest behind
+        _raise(tableau.name, opts, what, float(t_cur.detach().min()))
+
     for i in range(1, len(t_values)):
         target = t_values[i]
         n_steps = 0  # per output interval, as in batch mode
@@ -229,9 +233,7 @@ def solve_adaptive_per_sample(
         running = bool(active.any())  # one host read per output time
         while running:
             if n_steps >= opts.max_num_steps:
-                _raise(
-                    tableau.name, opts, _budget_message(opts, target), float(t_cur.detach().min())
-                )
+                fail(_budget_message(opts, target))
             dt_c = torch.nan_to_num(dt, nan=ctrl.min_step).clamp(ctrl.min_step, ctrl.max_step)
             dt_eff = torch.where(active, dt_c, zero)
 
@@ -270,14 +272,9 @@ def solve_adaptive_per_sample(
             n_steps += 1
             flags = torch.stack([active.any(), non_finite.any(), underflow.any()]).tolist()
             if flags[1]:
-                _raise(
-                    tableau.name,
-                    opts,
-                    "met non-finite values in the state",
-                    float(t_cur.detach().min()),
-                )
+                fail("met non-finite values in the state")
             if flags[2]:
-                _raise(tableau.name, opts, "step size underflowed", float(t_cur.detach().min()))
+                fail("step size underflowed")
             running = flags[0]
         assert last is not None
         coeffs = quartic_coefficients(last[0], y, last[2], last[1], f, last_dt)

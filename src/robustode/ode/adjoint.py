@@ -51,14 +51,17 @@ class _AdjointSolve(torch.autograd.Function):
             torch.zeros_like(y) if g is None else g for g, y in zip(grad_ys, ys, strict=True)
         )
 
+        def call(tt: torch.Tensor, y: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            f = func(tt, y if is_tuple else y[0])
+            return tuple(f) if is_tuple else (f,)
+
         def augmented(tt, state):
             y = tuple(v.detach().requires_grad_(True) for v in state[:n])
             a = state[n : 2 * n]
             with torch.enable_grad():
                 # only when ∂L/∂t is wanted: ∂f/∂t may not even exist (piecewise fields)
                 tt = tt.detach().requires_grad_(True) if time_grad else tt.detach()
-                f = func(tt, y if is_tuple else y[0])
-                f = tuple(f) if is_tuple else (f,)
+                f = call(tt, y)
                 wrt = y + params + ((tt,) if time_grad else ())
                 # a derivative that does not depend on y, θ or t contributes nothing
                 linked = [(fi, ai) for fi, ai in zip(f, a, strict=True) if fi.requires_grad]
@@ -78,10 +81,8 @@ class _AdjointSolve(torch.autograd.Function):
             return (*(v.detach() for v in f), *(-g for g in vjps))
 
         def output_time_gradient(i: int) -> torch.Tensor:
-            y_i = tuple(y[i] for y in ys)
             with torch.no_grad():
-                f = func(t[i].to(ys[0].dtype), y_i if is_tuple else y_i[0])
-            f = tuple(f) if is_tuple else (f,)
+                f = call(t[i].to(ys[0].dtype), tuple(y[i] for y in ys))
             return sum((fi * g[i]).sum() for fi, g in zip(f, grad_ys, strict=True))
 
         adj_y = tuple(g[-1] for g in grad_ys)

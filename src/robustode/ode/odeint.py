@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -147,35 +148,35 @@ def integrate(
     max_steps = int(options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
     first_new_step = record.num_steps
 
+    if t.numel() == 1:
+        return tuple(torch.stack([v]) for v in y0)  # a copy, as torchdiffeq returns
+    if tableau.adaptive:
+        if max(rtol_c) == 0 and max(atol_c) == 0:
+            raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
+        opts = AdaptiveOptions(
+            rtol=rtol_c,
+            atol=atol_c,
+            controller=ControllerConfig(
+                safety=float(options.get("safety", 0.9)),
+                ifactor=float(options.get("ifactor", 10.0)),
+                dfactor=float(options.get("dfactor", 0.2)),
+                min_step=float(options.get("min_step", 0.0)),
+                max_step=float(options.get("max_step", math.inf)),
+            ),
+            first_step=options.get("first_step"),
+            max_num_steps=max_steps,
+            detach_step_size=detach_step_size,
+            time_sign=sign,
+        )
+        t64 = t.to(torch.promote_types(torch.float64, dtype))
+        solver = solve_adaptive_per_sample if step_control == "per_sample" else solve_adaptive_batch
+        solve = partial(solver, fn, tableau, y0, t64.detach().cpu().tolist(), t64, opts, record)
+    else:
+        solve = partial(
+            solve_fixed, fn, tableau, y0, t, options.get("step_size"), record, max_steps
+        )
     try:
-        if t.numel() == 1:
-            outputs: list[State] = [y0]
-        elif tableau.adaptive:
-            if max(rtol_c) == 0 and max(atol_c) == 0:
-                raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
-            opts = AdaptiveOptions(
-                rtol=rtol_c,
-                atol=atol_c,
-                controller=ControllerConfig(
-                    safety=float(options.get("safety", 0.9)),
-                    ifactor=float(options.get("ifactor", 10.0)),
-                    dfactor=float(options.get("dfactor", 0.2)),
-                    min_step=float(options.get("min_step", 0.0)),
-                    max_step=float(options.get("max_step", math.inf)),
-                ),
-                first_step=options.get("first_step"),
-                max_num_steps=max_steps,
-                detach_step_size=detach_step_size,
-                time_sign=sign,
-            )
-            t64 = t.to(torch.promote_types(torch.float64, dtype))
-            t_values = t64.detach().cpu().tolist()
-            solver = (
-                solve_adaptive_per_sample if step_control == "per_sample" else solve_adaptive_batch
-            )
-            outputs = solver(fn, tableau, y0, t_values, t64, opts, record)
-        else:
-            outputs = solve_fixed(fn, tableau, y0, t, options.get("step_size"), record, max_steps)
+        outputs = solve()
     finally:
         if sign < 0:  # also after a failure: that record is what the caller inspects
             record.negate_times(first_new_step)  # the caller's time, not s = -t
