@@ -59,3 +59,27 @@ class StepLog(nn.Module):
 
     def callback_accept_step(self, t0, y0, dt):
         self.accepted.append((float(t0.detach()), float(dt.detach())))
+
+
+def as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+def run_against_torchdiffeq(kind: str, method: str, tol: float, dtype, t: torch.Tensor):
+    """Solve one field with torchdiffeq and with robustode; return (torchdiffeq's
+    step log, our record, their outputs, ours, their gradients, ours) — gradients
+    of Σ y·sin(y) w.r.t. y0 and the field's parameters."""
+    import torchdiffeq
+
+    from robustode.ode import StepRecord, odeint
+
+    f, y0 = make_field(kind, dtype)
+    y0 = tuple(v.requires_grad_() for v in y0) if isinstance(y0, tuple) else y0.requires_grad_()
+    log = StepLog(f)
+    ref = torchdiffeq.odeint(log, y0, t, rtol=tol, atol=tol, method=method)
+    rec = StepRecord()
+    out = odeint(f, y0, t, rtol=tol, atol=tol, method=method, record=rec)
+    wrt = [*as_tuple(y0), *f.parameters()]
+    g_ref = torch.autograd.grad(sum((r.sin() * r).sum() for r in as_tuple(ref)), wrt)
+    g_out = torch.autograd.grad(sum((r.sin() * r).sum() for r in as_tuple(out)), wrt)
+    return log, rec, as_tuple(ref), as_tuple(out), g_ref, g_out

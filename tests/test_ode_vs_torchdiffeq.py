@@ -7,7 +7,7 @@ import torch
 
 from robustode.ode import StepRecord, odeint
 
-from .fields import StepLog, make_field
+from .fields import as_tuple, make_field, run_against_torchdiffeq
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
@@ -16,27 +16,13 @@ TOLS = [1e-1, 1e-2, 1e-3]
 T = torch.tensor([0.0, 0.5, 1.0])
 
 
-def _tup(v):
-    return v if isinstance(v, tuple) else (v,)
-
-
 def _rel(a, b):
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def _run_both(kind, method, tol, dtype):
-    f, y0 = make_field(kind, dtype)
-    y0 = tuple(v.requires_grad_() for v in y0) if isinstance(y0, tuple) else y0.requires_grad_()
-    t = T.to(dtype)
-    log = StepLog(f)
-    ref = torchdiffeq.odeint(log, y0, t, rtol=tol, atol=tol, method=method)
-    rec = StepRecord()
-    out = odeint(f, y0, t, rtol=tol, atol=tol, method=method, record=rec)
-    wrt = [*_tup(y0), *f.parameters()]
-    g_ref = torch.autograd.grad(sum((r.sin() * r).sum() for r in _tup(ref)), wrt)
-    g_out = torch.autograd.grad(sum((r.sin() * r).sum() for r in _tup(out)), wrt)
-    return log, rec, _tup(ref), _tup(out), g_ref, g_out
+    return run_against_torchdiffeq(kind, method, tol, dtype, T.to(dtype))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -82,8 +68,8 @@ def test_adaptive_matches_torchdiffeq_float32(kind, method, tol):
 def test_fixed_step_matches_torchdiffeq(kind, method, options):
     f, y0 = make_field(kind)
     t = torch.tensor([0.0, 0.25, 1.0])
-    ref = _tup(torchdiffeq.odeint(f, y0, t, method=method, options=options))
-    out = _tup(odeint(f, y0, t, method=method, options=options))
+    ref = as_tuple(torchdiffeq.odeint(f, y0, t, method=method, options=options))
+    out = as_tuple(odeint(f, y0, t, method=method, options=options))
     for a, b in zip(out, ref, strict=True):
         assert _rel(a, b) <= 1e-6
 
@@ -131,7 +117,7 @@ def test_gradient_with_respect_to_output_times_matches_torchdiffeq(method):
 
 # ------------------------------------------------ regressions found in review
 def _grads(solver, f, y0, t, wrt, **kw):
-    out = _tup(solver(f, y0, t, **kw))
+    out = as_tuple(solver(f, y0, t, **kw))
     return torch.autograd.grad(sum(o[-1].sum() for o in out), wrt)
 
 
@@ -153,7 +139,7 @@ def test_zero_norms_give_finite_gradients_like_torchdiffeq(case):
             return torch.tanh(s[1] @ w), torch.tanh(s[0] @ w.T)
 
     make = y0 if callable(y0) else (lambda: y0)
-    leaves = [w, *(v for v in _tup(make()) if v.is_leaf)]
+    leaves = [w, *(v for v in as_tuple(make()) if v.is_leaf)]
     ours = _grads(odeint, f, make(), t, leaves)
     ref = _grads(torchdiffeq.odeint, f, make(), t, leaves)
     for a, b in zip(ours, ref, strict=True):
