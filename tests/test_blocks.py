@@ -132,7 +132,7 @@ def test_linear_and_neural_ode_blocks():
     head = SkewLinearODE(16, 10, placement="after", z0=1.0)
     assert head(torch.randn(3, 16)).shape == (3, 10)
     node = NeuralODEBlock(8, step_control="per_sample")
-    assert node.solver.rtol == 1e-3
+    assert node.solver.rtol == 0.1  # the SONet reference ODENet's tolerance
     assert node(torch.randn(2, 8, 5, 5)).shape == (2, 8, 5, 5)
 
 

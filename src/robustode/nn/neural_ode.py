@@ -13,10 +13,7 @@ from torch import nn
 
 from ..ode import SolverConfig
 from .ode_block import ODEBlock
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+from .skew import group_norm
 
 
 class ConcatConv2d(nn.Module):
@@ -35,7 +32,8 @@ class ConcatConv2d(nn.Module):
 class NeuralODEField(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1, self.norm2, self.norm3 = _norm(channels), _norm(channels), _norm(channels)
+        # GroupNorm(min(8, C)) as in the SONet reference ODENet (Chen et al. use min(32, C)).
+        self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))
         self.conv1 = ConcatConv2d(channels, channels)
         self.conv2 = ConcatConv2d(channels, channels)
 
@@ -46,11 +44,13 @@ class NeuralODEField(nn.Module):
 
 
 class NeuralODEBlock(ODEBlock):
-    """x ↦ x(t1) under the Chen et al. field (tolerance 1e-3 by default, as ODENet's code)."""
+    """x ↦ x(t1) under the Chen et al. field.
+
+    The solver defaults to dopri5 at tolerance 0.1, as the SONet reference
+    ODENet runs it (Chen et al.'s own examples use 1e-3).
+    """
 
     def __init__(self, channels: int, *, solver: SolverConfig | None = None, **solver_options):
-        if solver is None:
-            solver_options.setdefault("tol", 1e-3)
         super().__init__(solver, **solver_options)
         self.channels = channels
         self.field = NeuralODEField(channels)

@@ -201,7 +201,9 @@ class SkewLinearField(nn.Module):
             raise ValueError(f"gamma (damping) must be ≥ 0, got {gamma}")
         self.gamma, self.placement = float(gamma), placement
         self.sigma = get_activation(activation)
-        bound = 1.0 / math.sqrt(features)  # nn.Linear's initial scale
+        # The reference initialises its (features, classes) weight with
+        # kaiming_uniform(a=√5), whose fan-in is the class count: bound 1/√classes.
+        bound = 1.0 / math.sqrt(classes)
         self.weight = nn.Parameter(torch.empty(features, classes).uniform_(-bound, bound))
         self.weight_back = (
             None if skew else nn.Parameter(torch.empty(features, classes).uniform_(-bound, bound))

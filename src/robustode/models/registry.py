@@ -1,0 +1,128 @@
+"""The model registry: ``create_model(name, **options)`` and ``list_models()``, as in timm.
+
+Each architecture module registers builder functions with
+:func:`register_model`. A builder's keyword parameters are its options; the
+ODE options it passes on to its blocks are declared at registration, so
+``create_model`` can reject anything else with one error that lists what the
+model accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import RobustModel
+
+
+class ModelConfigError(ValueError):
+    """An unknown model name, an unknown option, or an option value a model cannot take."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its builder and what the user sees in ``robustode models``."""
+
+    name: str
+    builder: Callable[..., RobustModel]
+    paper: str
+    summary: str
+    ode_options: tuple[str, ...]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The builder's own options with their defaults (ODE options not included)."""
+        params = inspect.signature(self.builder).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def accepted_options(self) -> list[str]:
+        return [*self.options, *self.ode_options]
+
+    @property
+    def has_ode_blocks(self) -> bool:
+        return bool(self.ode_options)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, paper: str, summary: str, ode_options: tuple[str, ...] = ()
+) -> Callable[[Callable[..., RobustModel]], Callable[..., RobustModel]]:
+    """Decorator: register ``builder`` under ``name``."""
+
+    def decorate(builder: Callable[..., RobustModel]) -> Callable[..., RobustModel]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, paper, summary, tuple(ode_options))
+        return builder
+
+    return decorate
+
+
+def list_models(*, ode: bool | None = None) -> list[str]:
+    """Registered names, sorted; ``ode=True``/``False`` keeps those with/without ODE blocks."""
+    return sorted(n for n, e in _REGISTRY.items() if ode is None or e.has_ode_blocks == ode)
+
+
+def model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelConfigError(
+            f"unknown model '{name}'; choose one of: {', '.join(list_models())}"
+        ) from None
+
+
+def _check_common(options: dict[str, Any]) -> None:
+    minimum = {"num_classes": 2, "in_channels": 1, "width": 1}
+    for key, low in minimum.items():
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ModelConfigError(f"{key} must be an integer ≥ {low}, got {value!r}")
+
+
+def create_model(name: str, *, seed: int | None = None, **options: Any) -> RobustModel:
+    """Build the model registered as ``name`` (see ``list_models()``) with ``options``.
+
+    Common options: ``num_classes`` (10 or 100 for CIFAR), ``in_channels``
+    (3, or 1 for the digits data), ``width``, ``normalize`` (None, "cifar10",
+    "cifar100" or {"mean", "std"}). Models with ODE blocks also take the
+    solver options (``method``, ``tol``/``rtol``/``atol``, ``step_size``,
+    ``step_control``, ``detach_step_size``, ``adjoint``, ``t1``,
+    ``max_num_steps``, ``backend``) and block options (``gamma``, ``z0``,
+    ``activation``, ``norm``, and for SONet's classifier ``classifier_z0``
+    and ``activation_placement``); every ODE block of the model gets them.
+
+    ``seed`` builds the weights under ``torch.manual_seed(seed)`` without
+    disturbing the caller's random state.
+    """
+    entry = model_entry(name)
+    accepted = entry.accepted_options()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ModelConfigError(
+            f"model '{name}' has no option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+    _check_common(options)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ModelConfigError(f"seed must be an integer, got {seed!r}")
+    try:
+        if seed is None:
+            model = entry.builder(**options)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = entry.builder(**options)
+    except ModelConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ModelConfigError(f"model '{name}': {err}") from None
+    model.model_config = {"name": name, **entry.options, **options}
+    return model
