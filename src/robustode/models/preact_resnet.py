@@ -99,7 +99,7 @@ class PreActResNet(RobustModel):
     def damping_lambdas(self) -> dict[str, float]:
         """λ_n of every damped block, by block name (empty without damping)."""
         return {
-            name.removesuffix(".join"): float(module.lam)
+            name.removesuffix(".join"): float(module.lam.detach())
             for name, module in self.named_modules()
             if isinstance(module, ResidualDamping) and module.lam is not None
         }

@@ -1,0 +1,233 @@
+"""The model registry: published parameter counts, shapes, gradients, seeds, options, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustode.models import ModelConfigError, create_model, list_models
+from robustode.nn import SkewConvODE, SkewLinearODE
+
+ALL_MODELS = list_models()
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ parameter counts
+@pytest.mark.parametrize(
+    ("name", "options", "published", "tolerance"),
+    [
+        ("sonet", {"width": 64}, 5.94e6, 0.005),  # REFERENCE.md (reference code's sonet())
+        ("resnet10", {"width": 64}, 4.90e6, 0.005),  # REFERENCE.md
+        ("preact_resnet56", {}, 0.85e6, 0.02),  # LAD backbone, REFERENCE.md
+        ("wrn34_10", {}, 46.2e6, 0.01),  # TRADES' WRN-34-10
+    ],
+)
+def test_parameter_counts_match_the_published_ones(name, options, published, tolerance):
+    count = n_params(create_model(name, **options))
+    assert abs(count - published) <= tolerance * published, f"{name}: {count:,}"
+
+
+def test_parameter_counts_of_the_variants():
+    # The ODE stem 3→w costs w·3·9 kernel weights plus four GroupNorms, the BN'd conv stem
+    # w·3·9 plus one BN: the two differ only by the norms.
+    base, ode = n_params(create_model("resnet10")), n_params(create_model("soblock"))
+    assert ode - base == 2 * (3 + 64) * 2 - 2 * 64
+    # one learnable k per damped block: 27 blocks, minus the first and the 2 downsampling ones
+    plain = n_params(create_model("preact_resnet56"))
+    assert n_params(create_model("inresnet56")) - plain == 24
+    assert n_params(create_model("lambda_inresnet56")) - plain == 24
+    # the paper's SONet (one ODE block per stage) vs the reference code's (two)
+    assert n_params(create_model("sonet", blocks_per_stage=1)) == 2_802_902
+
+
+# ------------------------------------------------------------------ shapes, gradients, seeds
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize(
+    ("shape", "num_classes"), [((2, 3, 32, 32), 10), ((3, 1, 8, 8), 100)], ids=["cifar", "digits"]
+)
+def test_forward_gives_logits_and_backward_reaches_the_input(name, shape, num_classes):
+    model = create_model(name, in_channels=shape[1], num_classes=num_classes, seed=0)
+    x = torch.rand(shape, requires_grad=True)
+    logits = model(x)
+    assert logits.shape == (shape[0], num_classes)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.arange(shape[0]) % num_classes).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert (x.grad.abs().flatten(1).sum(1) > 0).all(), "every image gets a gradient"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_the_same_seed_gives_the_same_weights(name):
+    options = {"widen_factor": 1} if name.startswith("wrn") else {}
+    torch.manual_seed(123)
+    state_before = torch.random.get_rng_state()
+    a = create_model(name, seed=7, **options).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state_before), "caller's RNG untouched"
+    b = create_model(name, seed=7, **options).state_dict()
+    c = create_model(name, seed=8, **options).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_model_config_rebuilds_the_same_model():
+    model = create_model("sonet", width=8, seed=3, method="rk4", step_size=0.5, gamma=0.1)
+    config = dict(model.model_config)
+    assert config["name"] == "sonet" and config["width"] == 8 and config["method"] == "rk4"
+    again = create_model(config.pop("name"), seed=3, **config)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model(x), again(x))
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("resnet11", {}, "unknown model 'resnet11'; choose one of: inresnet56,"),
+        ("resnet10", {"method": "rk4"}, "model 'resnet10' has no option(s) method; it accepts:"),
+        ("sonet", {"widht": 32}, "has no option(s) widht; it accepts: num_classes, in_channels"),
+        ("odenet", {"gamma": 0.1}, "model 'odenet' has no option(s) gamma"),
+        ("soblock", {"method": "rk45"}, "unknown ODE method 'rk45'; choose one of:"),
+        ("soblock", {"tol": -1.0}, "rtol must be a positive number"),
+        ("soblock", {"z0": "ones"}, "unknown z0 'ones'"),
+        ("sonet", {"activation_placement": "middle"}, "unknown activation placement"),
+        ("resnet10", {"width": 0}, "width must be an integer ≥ 1"),
+        ("resnet10", {"num_classes": 1}, "num_classes must be an integer ≥ 2"),
+        ("resnet10", {"in_channels": 2.5}, "in_channels must be an integer ≥ 1"),
+        ("wrn34_10", {"depth": 33}, "depth must be 6n + 4"),
+        ("preact_resnet56", {"depth": 57}, "depth must be 6n + 2"),
+        ("resnet10", {"normalize": "imagenet"}, "unknown normalize 'imagenet'"),
+        ("resnet10", {"in_channels": 1, "normalize": "cifar10"}, "3 channel statistics"),
+    ],
+)
+def test_bad_names_and_options_get_one_clear_error(name, options, message):
+    with pytest.raises(ModelConfigError) as err:
+        create_model(name, **options)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ ODE options reach every block
+def test_every_ode_option_reaches_every_ode_block():
+    model = create_model(
+        "sonet",
+        width=8,
+        method="bosh3",
+        tol=1e-2,
+        step_control="per_sample",
+        detach_step_size=True,
+        adjoint=True,
+        gamma=0.2,
+        z0="zeros",
+        activation="tanh",
+        norm=None,
+        classifier_z0=1.0,
+        activation_placement="after",
+    )
+    blocks = list(model.ode_blocks())
+    assert len(blocks) == 1 + 4 * 2 + 1
+    for block in blocks:
+        s = block.solver
+        assert (s.method, s.rtol, s.atol, s.step_control) == ("bosh3", 1e-2, 1e-2, "per_sample")
+        assert s.detach_step_size is True and s.adjoint is True
+        assert block.field.gamma == 0.2
+    convs = [b for b in blocks if isinstance(b, SkewConvODE)]
+    assert all(b.z0 == "zeros" and b.field.activation_name == "tanh" for b in convs)
+    assert all(isinstance(b.field.norm_x_in, torch.nn.Identity) for b in convs)
+    (head,) = [b for b in blocks if isinstance(b, SkewLinearODE)]
+    assert head.z0 == 1.0 and head.field.placement == "after"
+    model(torch.rand(2, 3, 16, 16))
+    assert all(b.last_record is not None and b.nfe > 0 for b in blocks)
+    assert model.nfe == sum(b.nfe for b in blocks)
+
+
+@pytest.mark.parametrize(
+    ("options", "starts", "nfe"),
+    [
+        ({"method": "euler", "step_size": 0.25}, [0.0, 0.25, 0.5, 0.75], 4),
+        ({"method": "rk4", "step_size": 0.5}, [0.0, 0.5], 8),
+    ],
+)
+def test_method_changes_the_solver_the_stem_actually_uses(options, starts, nfe):
+    model = create_model("soblock", width=8, seed=0, **options).eval()
+    (stem,) = model.ode_blocks()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 8, 8))
+    record = stem.last_record
+    step = options["step_size"]
+    assert [t for t, _ in record.accepted_steps()] == pytest.approx(starts)
+    assert [dt for _, dt in record.accepted_steps()] == pytest.approx([step] * len(starts))
+    assert record.num_rejected == 0 and record.nfe_forward == nfe
+
+
+def test_the_default_stem_is_adaptive_dopri5_and_set_solver_swaps_it():
+    model = create_model("soblock", width=8, seed=0).eval()
+    (stem,) = model.ode_blocks()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+    # dopri5: 6 evaluations per step (FSAL) plus the 2 of the automatic first step
+    assert stem.last_record.nfe_forward == 6 * stem.last_record.num_steps + 2
+    model.set_solver(method="euler", step_size=0.5)
+    with torch.no_grad():
+        model(x)
+    assert stem.last_record.nfe_forward == 2
+    with pytest.raises(ValueError, match="has no ODE blocks"):
+        create_model("resnet10", width=8).set_solver(method="rk4")
+
+
+def test_per_sample_step_control_makes_logits_independent_of_batch_mates():
+    torch.manual_seed(0)
+    x, mates = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
+    mixed = torch.cat([x[:2], mates[2:]])
+    gaps = {}
+    for control in ("batch", "per_sample"):
+        model = create_model("soblock", width=16, seed=0, step_control=control).eval()
+        with torch.no_grad():
+            gaps[control] = max(
+                float((model(x)[:2] - model(mixed)[:2]).abs().max()),
+                float((model(x)[:1] - model(x[:1])).abs().max()),
+            )
+    assert gaps["per_sample"] <= 1e-6
+    # the contrast that makes the check meaningful: a shared step size couples the batch
+    assert gaps["batch"] > 10 * max(gaps["per_sample"], 1e-7)
+
+
+# ------------------------------------------------------------------ normalisation
+def test_normalisation_lives_inside_the_model():
+    x = torch.rand(2, 3, 32, 32)
+    plain = create_model("resnet10", width=8, seed=1).eval()
+    normed = create_model("resnet10", width=8, seed=1, normalize="cifar10").eval()
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normed(x), plain((x - mean) / std))
+    custom = create_model("resnet10", width=8, in_channels=1, normalize={"mean": [0.5], "std": [2]})
+    assert custom.eval()(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+    assert "normalize.mean" not in custom.state_dict()
+
+
+# ------------------------------------------------------------------ damping
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("inresnet56", 0.2, 0.25), ("lambda_inresnet56", 0.2, 0.25)]
+)
+def test_damping_starts_from_the_published_initialisation(name, low, high):
+    model = create_model(name, seed=0)
+    lambdas = model.damping_lambdas()
+    assert len(lambdas) == 24
+    assert not {"layer1.0", "layer2.0", "layer3.0"} & set(lambdas)
+    assert all(low <= lam <= high for lam in lambdas.values())
+
+
+def test_damped_block_computes_the_in_resnet_update():
+    torch.manual_seed(0)
+    for name in ("inresnet56", "lambda_inresnet56"):
+        block = create_model(name, seed=0).layer2[3].eval()
+        x = torch.randn(2, 32, 8, 8)
+        f = block.conv2(F.relu(block.bn2(block.conv1(F.relu(block.bn1(x))))))
+        lam = float(block.join.lam)
+        expected = f + (1 - lam) * x if name == "inresnet56" else (1 + lam) * f + (1 - lam) * x
+        torch.testing.assert_close(block(x), expected)
