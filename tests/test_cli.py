@@ -61,3 +61,40 @@ def test_console_entry_point_runs_as_a_module():
     )
     assert proc.returncode == 0
     assert "Theorem" in proc.stdout or "skew" in proc.stdout
+
+
+def test_models_lists_every_model_with_its_parameter_count(capsys, tmp_path):
+    out = tmp_path / "models.json"
+    assert main(["models", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| sonet | 5,944,022 | 10 | 9 |" in printed
+    assert "| resnet10 | 4,903,242 | 0 | 5 |" in printed
+    names = [row["name"] for row in json.loads(out.read_text())]
+    assert names == sorted(names) and "wrn34_10_soblock" in names
+
+
+def test_models_describes_one_model_built_with_options(capsys):
+    assert main(["models", "soblock", "width=32", "method=rk4", "step_size=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters: 1,229,046" in printed
+    assert "ODE block stem: SkewConvODE, rk4 (step 0.25)" in printed
+    assert "perturbation points: stem, layer1.0, layer2.0, layer3.0, layer4.0" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["models", "resnet11"], "unknown model 'resnet11'; choose one of:"),
+        (["models", "soblock", "widht=3"], "has no option(s) widht; it accepts:"),
+        (["models", "soblock", "width"], "expected KEY=VALUE, got 'width'"),
+        (["models", "soblock", "width=abc"], "width must be an integer ≥ 1, got 'abc'"),
+    ],
+)
+def test_models_bad_input_gets_one_line(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit; ours return
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -92,7 +92,10 @@ def test_model_config_rebuilds_the_same_model():
         ("sonet", {"widht": 32}, "has no option(s) widht; it accepts: num_classes, in_channels"),
         ("odenet", {"gamma": 0.1}, "model 'odenet' has no option(s) gamma"),
         ("soblock", {"method": "rk45"}, "unknown ODE method 'rk45'; choose one of:"),
-        ("soblock", {"tol": -1.0}, "rtol must be a positive number"),
+        ("soblock", {"tol": -1.0}, "tol must be a number > 0, got -1.0"),
+        ("soblock", {"step_size": "big"}, "step_size must be a number > 0, got 'big'"),
+        ("sonet", {"gamma": "0.1"}, "gamma must be a number ≥ 0, got '0.1'"),
+        ("soblock", {"step_control": "per_image"}, "unknown step_control 'per_image'"),
         ("soblock", {"z0": "ones"}, "unknown z0 'ones'"),
         ("sonet", {"activation_placement": "middle"}, "unknown activation placement"),
         ("resnet10", {"width": 0}, "width must be an integer ≥ 1"),
@@ -228,6 +231,6 @@ def test_damped_block_computes_the_in_resnet_update():
         block = create_model(name, seed=0).layer2[3].eval()
         x = torch.randn(2, 32, 8, 8)
         f = block.conv2(F.relu(block.bn2(block.conv1(F.relu(block.bn1(x))))))
-        lam = float(block.join.lam)
+        lam = block.join.lam.item()
         expected = f + (1 - lam) * x if name == "inresnet56" else (1 + lam) * f + (1 - lam) * x
         torch.testing.assert_close(block(x), expected)

@@ -8,11 +8,13 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .io import write_json_atomic
 from .nn import ACTIVATIONS
 from .ode import METHODS, SolverError
 
@@ -115,6 +117,74 @@ def _run_stability(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- models
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON where it parses (numbers, true, null), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key, parsed
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the registered models, or describe one built with given options",
+        description=(
+            "Without NAME: a table of every model (paper, parameter count at the default "
+            "options, ODE blocks, perturbation points). With NAME: build it with the given "
+            "KEY=VALUE options (as create_model takes them) and list its options, ODE blocks "
+            "with their solvers, and perturbation points."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("name", nargs="?", help="a model name (see the table without NAME)")
+    p.add_argument(
+        "options",
+        nargs="*",
+        type=_option,
+        metavar="KEY=VALUE",
+        help="model options, e.g. width=32 method=rk4 step_size=0.25",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models.summary import summarize_all, summarize_model
+
+    if args.name is None:
+        if args.options:
+            raise ValueError("options need a model NAME first")
+        rows = summarize_all()
+        print("| model | parameters | ODE blocks | perturbation points | paper |")
+        print("|---|---:|---:|---:|---|")
+        for r in rows:
+            print(
+                f"| {r.name} | {r.parameters:,} | {len(r.ode_blocks)} | "
+                f"{len(r.perturbation_points)} | {r.paper} |"
+            )
+        result = [r.to_dict() for r in rows]
+    else:
+        r = summarize_model(args.name, **dict(args.options))
+        print(f"{r.name}: {r.summary}\npaper: {r.paper}\nparameters: {r.parameters:,}\n")
+        print("options: " + ", ".join(f"{k}={v!r}" for k, v in r.options.items()))
+        if r.ode_options:
+            print("ODE options (reach every ODE block): " + ", ".join(r.ode_options))
+        for block in r.ode_blocks:
+            print(f"ODE block {block['block']}: {block['type']}, {block['solver']}")
+        print("perturbation points: " + ", ".join(r.perturbation_points))
+        result = r.to_dict()
+    if args.json is not None:
+        write_json_atomic(result, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -125,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robustode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_stability(sub)
+    _add_models(sub)
     return parser
 
 

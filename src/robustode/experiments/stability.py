@@ -11,13 +11,13 @@ batch of random images, for both, from one solve per block and input.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..io import write_json_atomic
 from ..nn import SkewConvField, channel_copy
 from ..ode import odeint
 
@@ -142,12 +142,4 @@ def run_stability(settings: StabilitySettings | None = None) -> StabilityResult:
 
 def write_json(result: StabilityResult, path: Path) -> None:
     """Write atomically: a crash never leaves a half-written result."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    write_json_atomic(result.to_dict(), path)

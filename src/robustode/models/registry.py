@@ -10,6 +10,7 @@ model accepts.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,13 +79,40 @@ def model_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def _check_common(options: dict[str, Any]) -> None:
-    minimum = {"num_classes": 2, "in_channels": 1, "width": 1}
-    for key, low in minimum.items():
-        if key in options:
-            value = options[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ModelConfigError(f"{key} must be an integer ≥ {low}, got {value!r}")
+# Numeric options: (integer?, lower bound, bound included?). Checked before building, so a
+# wrong type or range gets one line naming the option instead of an error from deep inside.
+_NUMERIC_OPTIONS: dict[str, tuple[bool, float, bool]] = {
+    "num_classes": (True, 2, True),
+    "in_channels": (True, 1, True),
+    "width": (True, 1, True),
+    "blocks_per_stage": (True, 1, True),
+    "num_blocks": (True, 1, True),
+    "depth": (True, 1, True),
+    "widen_factor": (True, 1, True),
+    "max_num_steps": (True, 1, True),
+    "dropout": (False, 0.0, True),
+    "gamma": (False, 0.0, True),
+    "tol": (False, 0.0, False),
+    "rtol": (False, 0.0, False),
+    "atol": (False, 0.0, False),
+    "step_size": (False, 0.0, False),
+    "t1": (False, 0.0, False),
+    "classifier_z0": (False, -math.inf, False),
+}
+
+
+def _check_numbers(options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if key not in _NUMERIC_OPTIONS or (key == "step_size" and value is None):
+            continue
+        integer, low, inclusive = _NUMERIC_OPTIONS[key]
+        kind = "an integer" if integer else "a number"
+        bound = f"≥ {low:g}" if inclusive else f"> {low:g}"
+        ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+        ok = ok and math.isfinite(value) and (value >= low if inclusive else value > low)
+        if not ok:
+            what = f"{kind} {bound}" if math.isfinite(low) else f"a finite {kind[2:]}"
+            raise ModelConfigError(f"{key} must be {what}, got {value!r}")
 
 
 def create_model(name: str, *, seed: int | None = None, **options: Any) -> RobustModel:
@@ -110,7 +138,7 @@ def create_model(name: str, *, seed: int | None = None, **options: Any) -> Robus
             f"model '{name}' has no option(s) {', '.join(unknown)}; "
             f"it accepts: {', '.join(accepted)}"
         )
-    _check_common(options)
+    _check_numbers(options)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ModelConfigError(f"seed must be an integer, got {seed!r}")
     try:
