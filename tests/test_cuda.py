@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
 
+from robustode.models import create_model
 from robustode.nn import SkewConvODE
 from robustode.ode import StepRecord, odeint
 
@@ -69,3 +71,22 @@ def test_block_per_sample_on_cuda():
         full = block(x)
         alone = torch.cat([block(x[i : i + 1]) for i in range(4)])
     assert float((full - alone).abs().max() / alone.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("soblock", {"width": 8, "method": "rk4", "step_size": 0.5}),
+        ("sonet", {"width": 8, "method": "rk4", "step_size": 0.5}),
+        ("preact_resnet56", {"depth": 8}),
+    ],
+)
+def test_models_on_cuda_match_cpu(name, options):
+    cpu = create_model(name, seed=0, **options).eval().double()
+    gpu = copy.deepcopy(cpu).cuda()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    xg = x.cuda().requires_grad_()
+    out = gpu(xg)
+    out.sum().backward()
+    assert out.device.type == "cuda" and xg.grad is not None
+    torch.testing.assert_close(out.cpu(), cpu(x), rtol=1e-9, atol=1e-9)

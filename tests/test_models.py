@@ -40,6 +40,10 @@ def test_parameter_counts_of_the_variants():
     plain = n_params(create_model("preact_resnet56"))
     assert n_params(create_model("inresnet56")) - plain == 24
     assert n_params(create_model("lambda_inresnet56")) - plain == 24
+    # the SONet reference's WRN block has a bias on every conv: Σ out_channels more
+    trades = n_params(create_model("wrn34_10"))
+    reference = n_params(create_model("wrn34_10", block_style="sonet_reference"))
+    assert reference - trades == sum(5 * 2 * c + c for c in (160, 320, 640))
     # the paper's SONet (one ODE block per stage) vs the reference code's (two)
     assert n_params(create_model("sonet", blocks_per_stage=1)) == 2_802_902
 
@@ -102,6 +106,7 @@ def test_model_config_rebuilds_the_same_model():
         ("resnet10", {"num_classes": 1}, "num_classes must be an integer ≥ 2"),
         ("resnet10", {"in_channels": 2.5}, "in_channels must be an integer ≥ 1"),
         ("wrn34_10", {"depth": 33}, "depth must be 6n + 4"),
+        ("wrn34_10", {"block_style": "meliketoy"}, "unknown block_style 'meliketoy'"),
         ("preact_resnet56", {"depth": 57}, "depth must be 6n + 2"),
         ("resnet10", {"normalize": "imagenet"}, "unknown normalize 'imagenet'"),
         ("resnet10", {"in_channels": 1, "normalize": "cifar10"}, "3 channel statistics"),

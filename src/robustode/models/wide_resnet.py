@@ -9,6 +9,15 @@ by a skew ODE block 3 → 16, as SONet §6.1 does.
 
 Initialisation as TRADES: conv weights N(0, 2 / (k·k·out_channels)), BN
 weight 1 and bias 0, linear bias 0.
+
+``block_style``: ``"trades"`` is the block above (stride on the first conv,
+no conv bias, the projection shortcut sees relu(bn(x))). The SONet reference
+code builds its WRN-34-10 + ODE stem from a different block,
+``"sonet_reference"``: convolutions with bias, stride on the second conv, the
+shortcut (1×1 conv with bias) on the raw input, and a final BatchNorm with
+momentum 0.9 (PyTorch's convention: the running statistics mostly follow the
+latest batch). ``wrn34_10_soblock`` defaults to the reference's style, since
+that produced SONet's Table 2; ``wrn34_10`` to TRADES'.
 """
 
 from __future__ import annotations
@@ -31,28 +40,44 @@ from .registry import register_model
 STAGES = ((16, 1), (32, 2), (64, 2))
 
 
+BLOCK_STYLES = ("trades", "sonet_reference")
+
+
 class WideBlock(nn.Module):
-    """Pre-activation block; on a shape change the 1×1 shortcut sees relu(bn(x)), as in WRN."""
+    """Pre-activation wide block in one of :data:`BLOCK_STYLES` (see the module docstring)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, dropout: float, point: str
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        dropout: float,
+        point: str,
+        style: str = "trades",
     ) -> None:
         super().__init__()
+        reference = style == "sonet_reference"
+        stride1, stride2 = (1, stride) if reference else (stride, 1)
+        self.raw_shortcut = reference
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride1, 1, bias=reference)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride2, 1, bias=reference)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=reference)
         self.out = PerturbationPoint(point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(h)
-        h = self.conv1(h)
-        h = self.conv2(self.dropout(F.relu(self.bn2(h))))
+        if self.shortcut is None:
+            skip = x
+        else:
+            skip = self.shortcut(x if self.raw_shortcut else h)
+        h = self.dropout(self.conv1(h)) if self.raw_shortcut else self.conv1(h)
+        h = F.relu(self.bn2(h))
+        h = self.conv2(h if self.raw_shortcut else self.dropout(h))
         return self.out(h + skip)
 
 
@@ -67,10 +92,15 @@ class WideResNet(RobustModel):
         depth: int = 34,
         widen_factor: int = 10,
         dropout: float = 0.0,
+        block_style: str = "trades",
         normalize: NormalizeSpec = None,
         stem: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if block_style not in BLOCK_STYLES:
+            raise ValueError(
+                f"unknown block_style '{block_style}'; choose one of: {', '.join(BLOCK_STYLES)}"
+            )
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4 with n ≥ 1, got {depth}")
         if widen_factor < 1:
@@ -87,10 +117,13 @@ class WideResNet(RobustModel):
             for index in range(per_stage):
                 out = mult * widen_factor
                 point = f"layer{stage}.{index}"
-                blocks.append(WideBlock(channels, out, stride if index == 0 else 1, dropout, point))
+                stride_here = stride if index == 0 else 1
+                blocks.append(WideBlock(channels, out, stride_here, dropout, point, block_style))
                 channels = out
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
-        self.bn = nn.BatchNorm2d(channels)
+        # The reference's 0.9 was probably meant TF-style (= 0.1 here); kept for fidelity.
+        momentum = 0.9 if block_style == "sonet_reference" else 0.1
+        self.bn = nn.BatchNorm2d(channels, momentum=momentum)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(channels, num_classes)
         for module in self.modules():
@@ -120,6 +153,7 @@ def wrn34_10(
     depth: int = 34,
     widen_factor: int = 10,
     dropout: float = 0.0,
+    block_style: str = "trades",
     normalize: NormalizeSpec = None,
 ) -> WideResNet:
     return WideResNet(
@@ -128,6 +162,7 @@ def wrn34_10(
         depth=depth,
         widen_factor=widen_factor,
         dropout=dropout,
+        block_style=block_style,
         normalize=normalize,
     )
 
@@ -145,18 +180,19 @@ def wrn34_10_soblock(
     depth: int = 34,
     widen_factor: int = 10,
     dropout: float = 0.0,
+    block_style: str = "sonet_reference",
     normalize: NormalizeSpec = None,
     **ode: Any,
 ) -> WideResNet:
     skew = SkewBlockOptions.from_options(ode)
     stem = SkewConvODE(in_channels, 16, 1, **skew.conv_kwargs(solver_config(ode)))
-    model = WideResNet(
+    return WideResNet(
         num_classes=num_classes,
         in_channels=in_channels,
         depth=depth,
         widen_factor=widen_factor,
         dropout=dropout,
+        block_style=block_style,
         normalize=normalize,
         stem=stem,
     )
-    return model
