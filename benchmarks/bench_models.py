@@ -10,13 +10,13 @@ times on the machine that runs them (not a target; nothing is compared).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 
 import torch
 
+from robustode.io import write_json_atomic
 from robustode.models import create_model, list_models
 
 
@@ -60,8 +60,8 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"batch": args.batch, "torch": torch.__version__, "rows": rows}, f, indent=2)
+        result = {"batch": args.batch, "torch": torch.__version__, "rows": rows}
+        write_json_atomic(result, args.json)
 
 
 if __name__ == "__main__":

@@ -82,9 +82,25 @@ def test_model_config_rebuilds_the_same_model():
     model = create_model("sonet", width=8, seed=3, method="rk4", step_size=0.5, gamma=0.1)
     config = dict(model.model_config)
     assert config["name"] == "sonet" and config["width"] == 8 and config["method"] == "rk4"
-    again = create_model(config.pop("name"), seed=3, **config)
+    assert config["seed"] == 3
+    again = create_model(config.pop("name"), **config)
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(model(x), again(x))
+
+
+def test_model_config_follows_set_solver_and_not_the_callers_objects():
+    stats = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    model = create_model("soblock", width=8, seed=0, normalize=stats)
+    stats["mean"].append(1.0)
+    model.set_solver(method="rk4", step_size=0.5)
+    config = dict(model.model_config)
+    assert config["normalize"]["mean"] == [0.5, 0.5, 0.5]
+    (stem,) = create_model(config.pop("name"), **config).ode_blocks()
+    assert stem.solver == next(model.ode_blocks()).solver
+    model.set_solver(method="bosh3", step_size=None, tol=1e-2)
+    config = dict(model.model_config)
+    (stem,) = create_model(config.pop("name"), **config).ode_blocks()
+    assert (stem.solver.method, stem.solver.rtol, stem.solver.atol) == ("bosh3", 1e-2, 1e-2)
 
 
 # ------------------------------------------------------------------ bad input
@@ -100,6 +116,15 @@ def test_model_config_rebuilds_the_same_model():
         ("soblock", {"step_size": "big"}, "step_size must be a number > 0, got 'big'"),
         ("sonet", {"gamma": "0.1"}, "gamma must be a number ≥ 0, got '0.1'"),
         ("soblock", {"step_control": "per_image"}, "unknown step_control 'per_image'"),
+        ("soblock", {"step_size": 0.5}, "step_size is for the fixed-step methods (euler, rk4)"),
+        (
+            "soblock",
+            {"backend": "torchdiffeq", "step_control": "per_sample"},
+            "backend 'torchdiffeq' has only torchdiffeq's batch-shared step control",
+        ),
+        ("soblock", {"activation": ["tanh"]}, "unknown activation ['tanh']; choose one of"),
+        ("soblock", {"seed": "1"}, "seed must be an integer"),
+        ("resnet10", {"normalize": {"mean": [0, 0, 0], "std": [1, "a", 1]}}, "std > 0"),
         ("soblock", {"z0": "ones"}, "unknown z0 'ones'"),
         ("sonet", {"activation_placement": "middle"}, "unknown activation placement"),
         ("resnet10", {"width": 0}, "width must be an integer ≥ 1"),
@@ -151,6 +176,29 @@ def test_every_ode_option_reaches_every_ode_block():
     model(torch.rand(2, 3, 16, 16))
     assert all(b.last_record is not None and b.nfe > 0 for b in blocks)
     assert model.nfe == sum(b.nfe for b in blocks)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "n_blocks"),
+    [
+        ("soblock", {"width": 8}, 1),
+        ("wrn34_10_soblock", {"depth": 10, "widen_factor": 1}, 1),
+        ("odenet", {"width": 8, "num_blocks": 3}, 3),
+    ],
+)
+def test_solver_options_reach_the_ode_blocks_of_every_ode_model(name, options, n_blocks):
+    solver = {"method": "adaptive_heun", "rtol": 0.05, "atol": 0.02, "max_num_steps": 77}
+    model = create_model(name, **options, **solver, step_control="per_sample", t1=0.5)
+    blocks = list(model.ode_blocks())
+    assert len(blocks) == n_blocks
+    for block in blocks:
+        s = block.solver
+        assert (s.method, s.rtol, s.atol, s.max_num_steps) == ("adaptive_heun", 0.05, 0.02, 77)
+        assert (s.step_control, s.t1) == ("per_sample", 0.5)
+    if name != "odenet":
+        model = create_model(name, **options, gamma=0.3, z0="zeros", activation="tanh")
+        (stem,) = model.ode_blocks()
+        assert (stem.field.gamma, stem.z0, stem.field.activation_name) == (0.3, "zeros", "tanh")
 
 
 @pytest.mark.parametrize(
@@ -220,14 +268,18 @@ def test_normalisation_lives_inside_the_model():
 
 # ------------------------------------------------------------------ damping
 @pytest.mark.parametrize(
-    ("name", "low", "high"), [("inresnet56", 0.2, 0.25), ("lambda_inresnet56", 0.2, 0.25)]
+    ("name", "k_low", "k_high", "lam_of_k"),
+    [("inresnet56", 0.75, 0.8, lambda k: 1 - k), ("lambda_inresnet56", 0.2, 0.25, lambda k: k)],
 )
-def test_damping_starts_from_the_published_initialisation(name, low, high):
+def test_damping_starts_from_the_published_initialisation(name, k_low, k_high, lam_of_k):
     model = create_model(name, seed=0)
     lambdas = model.damping_lambdas()
     assert len(lambdas) == 24
     assert not {"layer1.0", "layer2.0", "layer3.0"} & set(lambdas)
-    assert all(low <= lam <= high for lam in lambdas.values())
+    for block_name, lam in lambdas.items():
+        stage, index = block_name.split(".")
+        k = getattr(model, stage)[int(index)].join.k.item()
+        assert k_low <= k <= k_high and lam == pytest.approx(lam_of_k(k))
 
 
 def test_damped_block_computes_the_in_resnet_update():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,3 +152,39 @@ def test_nested_perturbations_restore_the_outer_one():
             model(torch.rand(1, 3, 8, 8))
         model(torch.rand(1, 3, 8, 8))
     assert {who for who, _ in seen[:5]} == {"inner"} and {who for who, _ in seen[5:]} == {"outer"}
+
+
+def test_contexts_left_out_of_order_remove_only_their_own_function():
+    model = small_model("resnet10", seed=0)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+        outer, inner = model.perturbed(lambda n, h: h + 1), model.perturbed(lambda n, h: h)
+        outer.__enter__()
+        inner.__enter__()
+        outer.__exit__(None, None, None)
+        torch.testing.assert_close(model(x), plain, rtol=0, atol=0)  # the inner one acts
+        inner.__exit__(None, None, None)
+    assert all(p.fn is None for p in model.modules() if hasattr(p, "fn"))
+
+
+def test_copies_and_checkpoints_never_carry_an_active_perturbation():
+    class Double(nn.Module):  # a module as the function must not become a submodule
+        def forward(self, name, h):
+            return 2 * h
+
+    model = small_model("sonet", seed=0)
+    keys = set(model.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+        with model.perturbed(Double()):
+            assert set(model.state_dict()) == keys
+            clone = copy.deepcopy(model)
+            buffer = io.BytesIO()
+            torch.save(model, buffer)  # ODE models pickle (no lambdas inside)
+            assert not torch.equal(model(x), plain)
+        torch.testing.assert_close(clone(x), plain, rtol=0, atol=0)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        torch.testing.assert_close(loaded(x), plain, rtol=0, atol=0)

@@ -158,8 +158,6 @@ def _run_models(args: argparse.Namespace) -> int:
     from .models.summary import summarize_all, summarize_model
 
     if args.name is None:
-        if args.options:
-            raise ValueError("options need a model NAME first")
         rows = summarize_all()
         print("| model | parameters | ODE blocks | perturbation points | paper |")
         print("|---|---:|---:|---:|---|")
@@ -207,9 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (ValueError, SolverError, OSError) as exc:
+    except (ValueError, TypeError, SolverError, OSError) as exc:
         print(f"robustode: error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as exc:  # e.g. an allocation too large for this machine
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"robustode: error: {first_line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("robustode: interrupted", file=sys.stderr)
         return 130

@@ -46,8 +46,14 @@ class RobustModel(nn.Module):
         blocks = list(self.ode_blocks())
         if not blocks:
             raise ValueError(f"{type(self).__name__} has no ODE blocks; it has no solver to set")
-        for block in blocks:
-            block.solver = block.solver.replace(**changes)
+        solvers = [block.solver.replace(**changes) for block in blocks]  # validate all first
+        for block, solver in zip(blocks, solvers, strict=True):
+            block.solver = solver
+        # keep model_config able to rebuild what now runs
+        if "tol" in changes:
+            changes = {"rtol": changes["tol"], "atol": changes["tol"], **changes}
+            self.model_config.pop("tol", None)
+        self.model_config.update({k: v for k, v in changes.items() if k != "tol"})
 
     @property
     def nfe(self) -> int:

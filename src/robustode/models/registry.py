@@ -9,6 +9,7 @@ model accepts.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable
@@ -115,7 +116,7 @@ def _check_numbers(options: dict[str, Any]) -> None:
             raise ModelConfigError(f"{key} must be {what}, got {value!r}")
 
 
-def create_model(name: str, *, seed: int | None = None, **options: Any) -> RobustModel:
+def create_model(name: str, /, *, seed: int | None = None, **options: Any) -> RobustModel:
     """Build the model registered as ``name`` (see ``list_models()``) with ``options``.
 
     Common options: ``num_classes`` (10 or 100 for CIFAR), ``in_channels``
@@ -152,5 +153,9 @@ def create_model(name: str, *, seed: int | None = None, **options: Any) -> Robus
         raise
     except (ValueError, TypeError) as err:
         raise ModelConfigError(f"model '{name}': {err}") from None
-    model.model_config = {"name": name, **entry.options, **options}
+    # a deep copy: the caller may go on mutating what it passed (a normalize dict, say)
+    config = {"name": name, **entry.options, **copy.deepcopy(options)}
+    if seed is not None:
+        config["seed"] = seed
+    model.model_config = config
     return model

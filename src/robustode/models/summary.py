@@ -23,10 +23,12 @@ class ModelSummary:
         return asdict(self)
 
 
-def summarize_model(name: str, **options: Any) -> ModelSummary:
-    """Build ``name`` with ``options`` (seed 0) and describe it."""
+def summarize_model(name: str, /, **options: Any) -> ModelSummary:
+    """Build ``name`` with ``options`` (``seed`` 0 unless given) and describe it."""
     entry = model_entry(name)
-    model = create_model(name, seed=0, **options)
+    options = dict(options)
+    seed = options.pop("seed", 0)
+    model = create_model(name, seed=seed, **options)
     return ModelSummary(
         name=name,
         paper=entry.paper,
@@ -37,7 +39,7 @@ def summarize_model(name: str, **options: Any) -> ModelSummary:
             for path, block in model.named_ode_blocks()
         ],
         perturbation_points=model.perturbation_points(),
-        options={k: v for k, v in model.model_config.items() if k != "name"},
+        options={k: v for k, v in model.model_config.items() if k not in ("name", "seed")},
         ode_options=list(entry.ode_options),
     )
 

@@ -13,10 +13,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+
+# Named functions, not lambdas, so models holding them can be pickled.
+def leaky_relu(v: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(v, 0.01)
+
+
+def identity(v: torch.Tensor) -> torch.Tensor:
+    return v
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "leaky_relu": lambda v: F.leaky_relu(v, 0.01),
+    "leaky_relu": leaky_relu,
     "tanh": torch.tanh,
-    "identity": lambda v: v,
+    "identity": identity,
     "relu": F.relu,
 }
 
@@ -24,7 +34,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACTIVATIONS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown activation '{name}'; choose one of: {', '.join(ACTIVATIONS)}"
+            f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}"
         ) from None

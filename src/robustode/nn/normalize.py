@@ -30,8 +30,13 @@ class Normalize(nn.Module):
             raise ValueError(
                 f"normalize needs mean and std of the same non-zero length, got {mean}, {std}"
             )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"normalize std must be positive, got {list(std)}")
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*mean, *std)
+        )
+        if not numbers or any(s <= 0 for s in std):
+            raise ValueError(
+                f"normalize needs numbers with std > 0, got mean {list(mean)}, std {list(std)}"
+            )
         # Non-persistent: statistics come from the config, not from checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)

@@ -33,17 +33,27 @@ PerturbationFn = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class PerturbationPoint(nn.Module):
-    """Identity, unless a perturbation function is active; then ``fn(self.name, x)``."""
+    """Identity, unless a perturbation is active; then ``fn(self.name, x)`` of the latest one.
+
+    Active functions are kept as plain attributes (never registered as
+    submodules, never in ``state_dict``) and are dropped when the module is
+    copied or pickled, so a copy made inside a :func:`perturbed` block is clean.
+    """
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.fn: PerturbationFn | None = None
+        object.__setattr__(self, "active", [])
+
+    @property
+    def fn(self) -> PerturbationFn | None:
+        """The perturbation in effect (the most recently entered), or None."""
+        return self.active[-1].fn if self.active else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fn is None:
+        if not self.active:
             return x
-        out = self.fn(self.name, x)
+        out = self.active[-1](self.name, x)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
@@ -51,6 +61,11 @@ class PerturbationPoint(nn.Module):
                 f"got {got}"
             )
         return out
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # a copy: the default returns the live __dict__
+        state["active"] = []
+        return state
 
     def extra_repr(self) -> str:
         return f"'{self.name}'"
@@ -70,25 +85,41 @@ def perturbation_points(model: nn.Module) -> list[str]:
 
 @contextmanager
 def perturbed(model: nn.Module, fn: PerturbationFn) -> Iterator[None]:
-    """Run ``model`` with ``fn`` applied at every perturbation point; restores the previous state.
+    """Run ``model`` with ``fn`` applied at every perturbation point.
 
-    Raises if the model has no perturbation point, so a defense never silently
-    trains without its perturbation.
+    Contexts nest: the innermost one acts, and leaving any context removes
+    exactly its own function, even when contexts are left out of order.
+    Perturbing one model instance from several threads at once is not
+    supported (the points are shared state, like any module attribute).
+    Raises if the model has no perturbation point, so a defense never
+    silently trains without its perturbation.
     """
     points = list(perturbation_modules(model))
     if not points:
         raise ValueError(
             f"{type(model).__name__} has no perturbation points; models from "
-            "robustode.models.create_model expose them (see docs/extending.md)"
+            "robustode.models.create_model expose them (see docs/models.md)"
         )
-    previous = [point.fn for point in points]
+    token = _Active(fn)
     for point in points:
-        point.fn = fn
+        point.active.append(token)
     try:
         yield
     finally:
-        for point, fn_before in zip(points, previous, strict=True):
-            point.fn = fn_before
+        for point in points:
+            point.active[:] = [f for f in point.active if f is not token]
+
+
+class _Active:
+    """One context's function, wrapped so that leaving removes this entry and no other."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: PerturbationFn) -> None:
+        self.fn = fn
+
+    def __call__(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        return self.fn(name, h)
 
 
 class PointAfter(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from .adjoint import odeint_adjoint
 from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
 from .record import StepRecord
-from .tableau import ADAPTIVE_METHODS
+from .tableau import ADAPTIVE_METHODS, FIXED_METHODS
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,19 @@ class SolverConfig:
             raise ValueError(f"max_num_steps must be ≥ 1, got {self.max_num_steps!r}")
         if self.detach_step_size not in (None, True, False):
             raise ValueError("detach_step_size must be None, True or False")
+        # Options a solve would silently ignore are refused instead.
+        if self.adaptive and self.step_size is not None:
+            raise ValueError(
+                f"step_size is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
+                f"{self.method} chooses its own steps: pass step_size=None and set tol"
+            )
+        if self.backend == "torchdiffeq" and (
+            self.step_control != "batch" or self.detach_step_size is not None
+        ):
+            raise ValueError(
+                "backend 'torchdiffeq' has only torchdiffeq's batch-shared step control; "
+                "step_control='per_sample' and detach_step_size need backend='native'"
+            )
 
     @classmethod
     def create(
