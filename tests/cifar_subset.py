@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
+# ../shared/data from the project root, or wherever ROBUSTODE_CIFAR10_DIR points
+CIFAR_DIR = Path(
+    os.environ.get(
+        "ROBUSTODE_CIFAR10_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py",
+    )
+)
 
 
 def cifar_train_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images of data_batch_1 in [0, 1], NCHW float32, with labels."""
     path = CIFAR_DIR / "data_batch_1"
     if not path.is_file():
-        pytest.skip(f"the CIFAR-10 subset is not at {CIFAR_DIR} (see ../shared/data/README.md)")
+        pytest.skip(
+            f"no CIFAR-10 subset at {CIFAR_DIR} (../shared/data, or set ROBUSTODE_CIFAR10_DIR)"
+        )
     with path.open("rb") as f:
         batch = pickle.load(f, encoding="latin1")
     x = torch.tensor(batch["data"][:n]).view(-1, 3, 32, 32).float() / 255
