@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -28,6 +28,33 @@ class RobustModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.model_config = {}
+
+    # ------------------------------------------------------------ construction
+    def add_stages(
+        self,
+        stages: Sequence[tuple[int, int]],
+        blocks_per_stage: int,
+        in_channels: int,
+        make_block: Callable[[int, int, int, int, str], nn.Module],
+    ) -> int:
+        """Add ``layer1``, ``layer2``, … as ``nn.Sequential`` stages; return the final width.
+
+        ``stages`` holds (width, stride of the stage's first block) per stage;
+        ``make_block(in_channels, out_channels, stride, index_in_stage, name)``
+        builds one block, ``name`` being its module path (``layer2.0``) — the
+        name of the perturbation point at its output.
+        """
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks per stage must be ≥ 1, got {blocks_per_stage}")
+        channels = in_channels
+        for stage, (width, stride) in enumerate(stages, start=1):
+            blocks = []
+            for index in range(blocks_per_stage):
+                name = f"layer{stage}.{index}"
+                blocks.append(make_block(channels, width, stride if index == 0 else 1, index, name))
+                channels = width
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        return channels
 
     # ------------------------------------------------------------ ODE blocks
     def named_ode_blocks(self) -> Iterator[tuple[str, ODEBlock]]:

@@ -70,23 +70,15 @@ class PreActResNet(RobustModel):
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.stem_out = PerturbationPoint("stem")
-        channels = width
-        for stage, (mult, stride) in enumerate(STAGES, start=1):
-            blocks = []
-            for index in range(per_stage):
-                out = width * mult
-                first_or_down = index == 0  # the first block and the downsampling ones stay plain
-                blocks.append(
-                    PreActBlock(
-                        channels,
-                        out,
-                        stride if index == 0 else 1,
-                        "none" if first_or_down else damping,
-                        f"layer{stage}.{index}",
-                    )
-                )
-                channels = out
-            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        channels = self.add_stages(
+            [(width * mult, stride) for mult, stride in STAGES],
+            per_stage,
+            width,
+            # the first block and the downsampling ones (index 0 of a stage) stay plain
+            lambda c_in, c_out, stride, index, name: PreActBlock(
+                c_in, c_out, stride, "none" if index == 0 else damping, name
+            ),
+        )
         self.bn = nn.BatchNorm2d(channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(channels, num_classes)
@@ -105,74 +97,45 @@ class PreActResNet(RobustModel):
         }
 
 
-def _preact(damping: str, **options) -> PreActResNet:
-    return PreActResNet(damping=damping, **options)
+def _register_preact(name: str, damping: str, paper: str, summary: str) -> None:
+    """Register one PreAct-ResNet variant; the three differ only in their damping."""
+
+    def build(
+        *,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        depth: int = 56,
+        normalize: NormalizeSpec = None,
+    ) -> PreActResNet:
+        return PreActResNet(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            width=width,
+            depth=depth,
+            damping=damping,
+            normalize=normalize,
+        )
+
+    build.__name__ = name
+    register_model(name, paper=paper, summary=summary)(build)
 
 
-@register_model(
+_register_preact(
     "preact_resnet56",
+    "none",
     paper="LAD §4 and appendix B.1 (backbone of every table)",
     summary="pre-activation ResNet-56: 3 × 9 basic blocks at 16/32/64 channels",
 )
-def preact_resnet56(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: int = 16,
-    depth: int = 56,
-    normalize: NormalizeSpec = None,
-) -> PreActResNet:
-    return _preact(
-        "none",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        depth=depth,
-        normalize=normalize,
-    )
-
-
-@register_model(
+_register_preact(
     "inresnet56",
+    "in_resnet",
     paper="LAD Tables 1–2 ('damp'); Yang et al. 2020",
     summary="pre-activation ResNet-56 with In-ResNet damping f(x) + (1 − λ)x",
 )
-def inresnet56(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: int = 16,
-    depth: int = 56,
-    normalize: NormalizeSpec = None,
-) -> PreActResNet:
-    return _preact(
-        "in_resnet",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        depth=depth,
-        normalize=normalize,
-    )
-
-
-@register_model(
+_register_preact(
     "lambda_inresnet56",
+    "lambda_in_resnet",
     paper="LAD Tables 1–2 ('λ-damp'); Yang et al. 2020",
     summary="pre-activation ResNet-56 with λ-In-ResNet damping (1 + λ)f(x) + (1 − λ)x",
 )
-def lambda_inresnet56(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: int = 16,
-    depth: int = 56,
-    normalize: NormalizeSpec = None,
-) -> PreActResNet:
-    return _preact(
-        "lambda_in_resnet",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        depth=depth,
-        normalize=normalize,
-    )

@@ -72,23 +72,17 @@ class ResNet10(RobustModel):
         stem: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage must be ≥ 1, got {blocks_per_stage}")
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = stem or nn.Sequential(
             conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU()
         )
         self.stem_out = PerturbationPoint("stem")
-        channels = width
-        for stage, (mult, stride) in enumerate(STAGES, start=1):
-            blocks = []
-            for index in range(blocks_per_stage):
-                out = width * mult
-                blocks.append(
-                    BasicBlock(channels, out, stride if index == 0 else 1, f"layer{stage}.{index}")
-                )
-                channels = out
-            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        channels = self.add_stages(
+            [(width * mult, stride) for mult, stride in STAGES],
+            blocks_per_stage,
+            width,
+            lambda c_in, c_out, stride, _, name: BasicBlock(c_in, c_out, stride, name),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(channels, num_classes)
 

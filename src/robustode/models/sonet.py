@@ -45,27 +45,24 @@ class SONet(RobustModel):
         width: int = 64,
         blocks_per_stage: int = 2,
         normalize: NormalizeSpec = None,
-        skew: SkewBlockOptions | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
+        """``options``: the flat ODE options of ``create_model`` (solver, skew, classifier)."""
         super().__init__()
-        if blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage must be ≥ 1, got {blocks_per_stage}")
         options = options or {}
-        skew = skew or SkewBlockOptions()
+        skew = SkewBlockOptions.from_options(options)
         solver = solver_config(options)
         conv = skew.conv_kwargs(solver)
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = PointAfter(SkewConvODE(in_channels, width, 1, **conv), "stem")
-        channels = width
-        for stage, (mult, stride) in enumerate(STAGES, start=1):
-            blocks = []
-            for index in range(blocks_per_stage):
-                out = width * mult
-                ode = SkewConvODE(channels, out, stride if index == 0 else 1, **conv)
-                blocks.append(PointAfter(ode, f"layer{stage}.{index}"))
-                channels = out
-            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        channels = self.add_stages(
+            [(width * mult, stride) for mult, stride in STAGES],
+            blocks_per_stage,
+            width,
+            lambda c_in, c_out, stride, _, name: PointAfter(
+                SkewConvODE(c_in, c_out, stride, **conv), name
+            ),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = SkewLinearODE(
             channels, num_classes, **skew.linear_kwargs(options, solver)
@@ -98,6 +95,5 @@ def sonet(
         width=width,
         blocks_per_stage=blocks_per_stage,
         normalize=normalize,
-        skew=SkewBlockOptions.from_options(ode),
         options=ode,
     )

@@ -111,16 +111,14 @@ class WideResNet(RobustModel):
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = stem or nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.stem_out = PerturbationPoint("stem")
-        channels = 16
-        for stage, (mult, stride) in enumerate(STAGES, start=1):
-            blocks = []
-            for index in range(per_stage):
-                out = mult * widen_factor
-                point = f"layer{stage}.{index}"
-                stride_here = stride if index == 0 else 1
-                blocks.append(WideBlock(channels, out, stride_here, dropout, point, block_style))
-                channels = out
-            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        channels = self.add_stages(
+            [(base * widen_factor, stride) for base, stride in STAGES],
+            per_stage,
+            16,
+            lambda c_in, c_out, stride, _, name: WideBlock(
+                c_in, c_out, stride, dropout, name, block_style
+            ),
+        )
         # The reference's 0.9 was probably meant TF-style (= 0.1 here); kept for fidelity.
         momentum = 0.9 if block_style == "sonet_reference" else 0.1
         self.bn = nn.BatchNorm2d(channels, momentum=momentum)
