@@ -13,6 +13,11 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
 if [ -n "${1:-}" ]; then
   "${PIP[@]}" -e ".[$1]"
+  if [[ ",$1," == *",test,"* ]]; then
+    # torchattacks is a test oracle only; its declared deps would pull torchvision,
+    # which has no CPU build here and breaks the CPU torch.
+    "${PIP[@]}" --no-deps "torchattacks==3.5.1"
+  fi
 else
   "${PIP[@]}" -e .
 fi

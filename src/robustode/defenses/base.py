@@ -1,0 +1,86 @@
+"""What every training defense is: ``loss(model, x, y) → (loss, stats)``.
+
+A defense is a training objective (DESIGN.md): it owns how the batch is
+attacked or perturbed and how the loss is formed, never the optimiser step.
+The trainer calls it once per batch with the model in train mode and
+back-propagates the returned loss.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+Stats = dict[str, float]
+
+
+class DefenseConfigError(ValueError):
+    """An unknown defense name or an option value a defense cannot take."""
+
+
+class Defense(Protocol):
+    """A training objective: the scalar loss to minimise on one batch, and numbers to log."""
+
+    name: str
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Stats]: ...
+
+
+@dataclass(frozen=True)
+class DefenseEntry:
+    name: str
+    factory: Callable[..., Defense]
+    summary: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        params = inspect.signature(self.factory).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+_REGISTRY: dict[str, DefenseEntry] = {}
+
+
+def register_defense(name: str, *, summary: str) -> Callable[[Callable[..., Defense]], Any]:
+    """Decorator: register a factory whose keyword-only parameters are the defense's options."""
+
+    def decorate(factory: Callable[..., Defense]) -> Callable[..., Defense]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"defense '{name}' is registered twice")
+        _REGISTRY[name] = DefenseEntry(name, factory, summary)
+        return factory
+
+    return decorate
+
+
+def list_defenses() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def defense_entry(name: str) -> DefenseEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DefenseConfigError(
+            f"unknown defense '{name}'; choose one of: {', '.join(list_defenses())}"
+        ) from None
+
+
+def create_defense(name: str, /, **options: Any) -> Defense:
+    """Build the defense ``name``; an unknown option is one error listing the accepted ones."""
+    entry = defense_entry(name)
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        accepted = ", ".join(entry.options) or "none"
+        raise DefenseConfigError(
+            f"defense '{name}' has no option {', '.join(map(repr, unknown))}; "
+            f"it accepts: {accepted}"
+        )
+    return entry.factory(**options)

@@ -1,0 +1,28 @@
+"""Natural training: cross-entropy on the clean batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Stats, register_defense
+
+
+class NaturalTraining:
+    """Mean cross-entropy of the clean batch (both papers' "natural" rows)."""
+
+    name = "natural"
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Stats]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        correct = (logits.detach().argmax(1) == y).sum().item()
+        return loss, {"loss": loss.item(), "train_correct": float(correct)}
+
+
+@register_defense("natural", summary="cross-entropy on clean inputs")
+def natural() -> NaturalTraining:
+    return NaturalTraining()
