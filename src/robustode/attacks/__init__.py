@@ -1,0 +1,50 @@
+"""Attacks on any classifier taking images in [0, 1]: ``x_adv = attack(model, x, y)``.
+
+One threat model (:class:`ThreatModel`), one iterative gradient loop
+(:class:`GradientAttack`) behind FGSM, IFGSM, PGD and CW-margin PGD, and the
+other attacks of both papers and AutoAttack; ``create_attack(name)`` gives
+the papers' settings by name.
+"""
+
+from .apgd import APGD, APGDCE, APGDT
+from .base import Attack, AttackError, AttackInputError, AttackResult, model_mode
+from .carlini_wagner import CarliniWagnerLinf
+from .ensemble import AttackEnsemble, ensemble_report
+from .gradient import FGSM, IFGSM, PGD, CWMarginPGD, GradientAttack
+from .losses import cross_entropy, cw_margin, dlr, largest_other_logit, targeted_dlr
+from .presets import FAB_NOTE, attack_preset, create_attack, list_attacks
+from .spsa import SPSA
+from .square import Square
+from .threat import NORMS, ThreatModel
+
+__all__ = [
+    "APGD",
+    "APGDCE",
+    "APGDT",
+    "FAB_NOTE",
+    "FGSM",
+    "IFGSM",
+    "NORMS",
+    "PGD",
+    "SPSA",
+    "Attack",
+    "AttackEnsemble",
+    "AttackError",
+    "AttackInputError",
+    "AttackResult",
+    "CWMarginPGD",
+    "CarliniWagnerLinf",
+    "GradientAttack",
+    "Square",
+    "ThreatModel",
+    "attack_preset",
+    "create_attack",
+    "cross_entropy",
+    "cw_margin",
+    "dlr",
+    "ensemble_report",
+    "largest_other_logit",
+    "list_attacks",
+    "model_mode",
+    "targeted_dlr",
+]

@@ -1,0 +1,237 @@
+"""APGD-CE and APGD-T (Croce & Hein, ICML 2020, Algorithm 1), as AutoAttack runs them.
+
+Step-size-free PGD: the step starts at 2ε and is halved at checkpoints
+w_j = ⌈p_j·N⌉ (p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
+0.06)) when (1) the loss rose in fewer than ρ = 0.75 of the steps since the
+last checkpoint, or (2) the step was not halved at the last checkpoint and
+the best loss has not improved since; on halving, the iterate restarts from
+the best point found. Momentum α = 0.75 (eq. 2 of the paper).
+
+APGD-T runs the targeted DLR loss (eq. 7) against the classes with the 2nd
+… (targets + 1)-th largest clean logits, each on the points still robust.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import Attack, AttackInputError, ModelMode, Oracle
+from .losses import dlr, targeted_dlr
+from .threat import Norm, ThreatModel
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD may halve its step (Croce & Hein 2020, §3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
+    return [m for m in marks if 0 < m < steps]
+
+
+class APGD(Attack):
+    """APGD on the CE or DLR loss (untargeted), or APGD-T with ``targets`` target classes."""
+
+    def __init__(
+        self,
+        norm: Norm = "linf",
+        eps: float = 8 / 255,
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        loss: str = "ce",
+        targets: int | None = None,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        random_start: bool = True,
+        early_stop: bool = True,
+        seed: int = 0,
+        model_mode: ModelMode = "eval",
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
+        )
+        if not isinstance(steps, int) or steps < 1:
+            raise AttackInputError(f"steps must be an integer ≥ 1, got {steps!r}")
+        if not isinstance(restarts, int) or restarts < 1:
+            raise AttackInputError(f"restarts must be an integer ≥ 1, got {restarts!r}")
+        if loss not in ("ce", "dlr"):
+            raise AttackInputError(f"APGD's loss must be 'ce' or 'dlr', got '{loss}'")
+        if targets is not None and (not isinstance(targets, int) or targets < 1):
+            raise AttackInputError(f"targets must be an integer ≥ 1, got {targets!r}")
+        self.steps = steps
+        self.restarts = restarts
+        self.loss_name = "dlr-targeted" if targets else loss
+        self.targets = targets
+        self.rho = rho
+        self.momentum = momentum
+        self.random_start = random_start
+        self.early_stop = early_stop
+        self.name = "apgd-t" if targets else f"apgd-{loss}"
+        self._marks = checkpoints(steps)
+
+    def budget(self) -> int:
+        runs = self.restarts * (self.targets or 1)
+        return runs * (self.steps + 1) + (1 if self.targets else 0)
+
+    def describe(self) -> str:
+        extra = f", {self.targets} target classes" if self.targets else ""
+        return (
+            f"{self.name}: {self.threat.describe()}, {self.steps} iterations, "
+            f"{self.restarts} restart(s){extra}"
+        )
+
+    # ------------------------------------------------------------------ run
+    def _attack(
+        self,
+        oracle: Oracle,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        trace: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        n = x.shape[0]
+        all_points = torch.arange(n, device=x.device)
+        state = _Best(x)
+        extra: dict[str, Any] = {}
+        target_classes: list[torch.Tensor | None] = [None]
+        if self.targets:
+            with torch.no_grad():
+                clean_logits = oracle(x, all_points)
+            ranked = clean_logits.argsort(dim=1, descending=True)
+            count = min(self.targets, clean_logits.shape[1] - 1)
+            target_classes = [ranked[:, k] for k in range(1, count + 1)]
+            state.update(all_points, x, clean_logits.argmax(1) != y, torch.full((n,), -math.inf))
+            extra["clean_correct"] = clean_logits.argmax(1) == y
+        traces: list[torch.Tensor] = []
+        for target in target_classes:
+            for _ in range(self.restarts):
+                active = torch.nonzero(~state.adv).squeeze(1) if self.early_stop else all_points
+                if active.numel() == 0:
+                    break
+                t = None if target is None else target[active]
+                run_trace = self._single_run(oracle, x, y, active, t, generator, state)
+                if trace:
+                    full = torch.full((self.steps + 1, n), float("nan"), device=x.device)
+                    full[:, active] = run_trace
+                    traces.append(full)
+        loss_trace = torch.cat(traces) if trace and traces else None
+        return state.x, loss_trace, extra
+
+    def _loss(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        if target is not None:
+            return targeted_dlr(logits, y, target)
+        if self.loss_name == "ce":
+            return F.cross_entropy(logits, y, reduction="none")
+        return dlr(logits, y)
+
+    def _evaluate(self, oracle, x_k, index, y, target):
+        x_k = x_k.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = oracle(x_k, index)
+            loss = self._loss(logits, y, target)
+            (grad,) = torch.autograd.grad(loss.sum(), x_k)
+        return loss.detach().float(), grad.detach(), logits.detach().argmax(1) != y
+
+    def _single_run(
+        self,
+        oracle: Oracle,
+        x_all: torch.Tensor,
+        y_all: torch.Tensor,
+        index: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: torch.Generator,
+        state: _Best,
+    ) -> torch.Tensor:
+        """One APGD run on the points ``index``; returns its (steps + 1, len(index)) loss trace."""
+        threat = self.threat
+        x, y = x_all[index], y_all[index]
+        m = x.shape[0]
+        shape = (m,) + (1,) * (x.dim() - 1)
+        delta0 = threat.random_delta(x, generator) if self.random_start else torch.zeros_like(x)
+        x_adv = x + threat.project_delta(delta0, x)
+        eta = torch.full(shape, 2 * threat.eps, device=x.device, dtype=x.dtype)
+        loss, grad, adv = self._evaluate(oracle, x_adv, index, y, target)
+        trace = torch.full((self.steps + 1, m), float("nan"), device=x.device)
+        trace[0] = loss
+        state.update(index, x_adv, adv, loss)
+        x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
+        x_prev = x_adv.clone()
+        loss_prev = loss.clone()
+        increases = torch.zeros(m, device=x.device)
+        loss_best_at_mark = loss_best.clone()
+        halved_at_mark = torch.ones(m, dtype=torch.bool, device=x.device)
+        last_mark = 0
+        for i in range(self.steps):
+            z = x + threat.project_delta(x_adv + eta * threat.steepest_ascent(grad) - x, x)
+            if i == 0:
+                x_new = z
+            else:
+                mixed = x_adv + self.momentum * (z - x_adv) + (1 - self.momentum) * (x_adv - x_prev)
+                x_new = x + threat.project_delta(mixed - x, x)
+            x_prev, x_adv = x_adv, x_new
+            loss, grad, adv = self._evaluate(oracle, x_adv, index, y, target)
+            trace[i + 1] = loss
+            state.update(index, x_adv, adv, loss)
+            increases += (loss > loss_prev).float()
+            loss_prev = loss
+            improved = loss > loss_best
+            x_best[improved], grad_best[improved] = x_adv[improved], grad[improved]
+            loss_best = torch.where(improved, loss, loss_best)
+            if i + 1 in self._marks:
+                period = i + 1 - last_mark
+                oscillating = increases < self.rho * period
+                stalled = ~halved_at_mark & (loss_best <= loss_best_at_mark)
+                halve = oscillating | stalled
+                eta[halve] /= 2
+                x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
+                x_prev[halve] = x_adv[halve]  # no momentum across a restart from the best point
+                halved_at_mark, loss_best_at_mark = halve, loss_best.clone()
+                increases.zero_()
+                last_mark = i + 1
+            if self.early_stop and bool(state.adv[index].all()):
+                break
+        return trace
+
+
+class _Best:
+    """The per-point best iterate over every run: adversarial first, then highest loss."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.adv = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+
+    def update(
+        self, index: torch.Tensor, x_k: torch.Tensor, adv: torch.Tensor, loss: torch.Tensor
+    ) -> None:
+        prev_adv, prev_loss = self.adv[index], self.loss[index]
+        better = (adv & ~prev_adv) | ((adv == prev_adv) & (loss.to(prev_loss) > prev_loss))
+        chosen = index[better]
+        self.x[chosen] = x_k[better].detach()
+        self.adv[chosen] = adv[better]
+        self.loss[chosen] = loss.to(prev_loss)[better]
+
+
+class APGDCE(APGD):
+    """APGD on cross-entropy (AutoAttack's first attack: 100 iterations)."""
+
+    def __init__(self, norm: Norm = "linf", eps: float = 8 / 255, **options: Any) -> None:
+        options.setdefault("loss", "ce")
+        super().__init__(norm, eps, **options)
+
+
+class APGDT(APGD):
+    """APGD-T: targeted DLR against the 9 most likely wrong classes (AutoAttack's second)."""
+
+    def __init__(
+        self, norm: Norm = "linf", eps: float = 8 / 255, *, targets: int = 9, **options: Any
+    ) -> None:
+        super().__init__(norm, eps, targets=targets, **options)

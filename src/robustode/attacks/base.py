@@ -1,0 +1,240 @@
+"""What every attack shares: input checks, the model wrapper that counts calls, modes and seeds.
+
+An attack is called as ``x_adv = attack(model, x, y)`` on any classifier
+``nn.Module`` taking images in [0, 1]; ``attack.run(model, x, y)`` returns an
+:class:`AttackResult` with per-point success, model-call counts and, on
+request, the loss trace. Subclasses implement one method, ``_attack``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .threat import ThreatModel
+
+ModelMode = Literal["eval", "train", "keep"]
+
+
+class AttackError(RuntimeError):
+    """The model misbehaved during an attack (e.g. returned non-finite logits)."""
+
+
+class AttackInputError(ValueError):
+    """Images, labels or options an attack cannot take."""
+
+
+@dataclass
+class AttackResult:
+    """What an attack found on a batch.
+
+    ``success[i]``: the model misclassifies ``x_adv[i]`` (checked on the
+    returned point, outside the attack's budget). ``queries[i]``: model calls
+    the attack itself made on point i. ``loss_trace``: (iterations, N) loss per
+    iterate, NaN where a point was no longer attacked (only with ``trace=True``).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    clean_correct: torch.Tensor
+    queries: torch.Tensor
+    loss_trace: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """Per point: still classified correctly on ``x_adv``."""
+        return ~self.success
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust.float().mean().item() if self.robust.numel() else float("nan")
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item() if self.clean_correct.numel() else math.nan
+
+
+class Oracle:
+    """The model as an attack sees it: counts calls per point and refuses non-finite logits."""
+
+    def __init__(self, model: nn.Module, n: int, device: torch.device) -> None:
+        self.model = model
+        self.queries = torch.zeros(n, dtype=torch.long, device=device)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``, whose rows are the points ``index`` of the batch under attack."""
+        logits = self.model(x)
+        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            raise AttackError(
+                f"the model returned logits of shape {tuple(logits.shape)} for {x.shape[0]} "
+                "images; attacks need (batch, classes)"
+            )
+        if not torch.isfinite(logits).all():
+            raise AttackError(
+                "the model returned non-finite logits during the attack; "
+                "a robustness number computed from them would be meaningless"
+            )
+        self.queries.index_add_(0, index, torch.ones_like(index))
+        return logits
+
+    def repeated(self, x: torch.Tensor, index: torch.Tensor, copies: int) -> torch.Tensor:
+        """Logits of ``x`` holding ``copies`` rows per point of ``index`` (query-based attacks)."""
+        logits = self.model(x)
+        if not torch.isfinite(logits).all():
+            raise AttackError("the model returned non-finite logits during the attack")
+        self.queries.index_add_(0, index, torch.full_like(index, copies))
+        return logits
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: ModelMode) -> Iterator[None]:
+    """Run in eval or train mode and restore every submodule's own flag afterwards."""
+    if mode == "keep":
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
+    """One clear error for images or labels an attack cannot take."""
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise AttackInputError(
+            f"images must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
+    if x.dim() < 2:
+        raise AttackInputError(f"images must be batched (N, …), got shape {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+        raise AttackInputError(
+            f"labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}"
+        )
+    if y.shape != (x.shape[0],):
+        raise AttackInputError(
+            f"labels must have shape ({x.shape[0]},) for {x.shape[0]} images, got {tuple(y.shape)}"
+        )
+    if x.device != y.device:
+        raise AttackInputError(f"images are on {x.device} but labels on {y.device}")
+    if x.numel() and not torch.isfinite(x).all():
+        raise AttackInputError("images contain NaN or infinity")
+    if x.numel() and (x.min() < threat.lower or x.max() > threat.upper):
+        raise AttackInputError(
+            f"images must lie in [{threat.lower:g}, {threat.upper:g}] (got values in "
+            f"[{x.min().item():.4g}, {x.max().item():.4g}]); pass raw pixels and put any "
+            "normalisation inside the model"
+        )
+
+
+class Attack:
+    """Base of every attack: ``attack(model, x, y) → x_adv`` and ``attack.run(...) → AttackResult``.
+
+    ``model_mode``: "eval" (default, the RobustBench protocol) or "train" is set
+    for the attack and every submodule's own mode is restored afterwards;
+    "keep" leaves the model as it is. ``seed`` seeds the attack's own
+    generator (never the global RNG), so the same seed gives the same result.
+    ``batch_size`` splits large inputs into chunks attacked one after another.
+    """
+
+    name: str = "attack"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        seed: int = 0,
+        model_mode: ModelMode = "eval",
+        batch_size: int | None = None,
+    ) -> None:
+        if model_mode not in ("eval", "train", "keep"):
+            raise AttackInputError(f"model_mode must be eval, train or keep, got '{model_mode}'")
+        if batch_size is not None and batch_size < 1:
+            raise AttackInputError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.threat = threat
+        self.seed = int(seed)
+        self.model_mode = model_mode
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------ interface
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.run(model, x, y).x_adv
+
+    def budget(self) -> int:
+        """The most model calls the attack makes per point (outside the final success check)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.threat.describe()})"
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
+    ) -> AttackResult:
+        check_inputs(x, y, self.threat)
+        y = y.long()
+        x = x.detach()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        chunk = self.batch_size or max(x.shape[0], 1)
+        parts: list[AttackResult] = []
+        with model_mode(model, self.model_mode):
+            for start in range(0, x.shape[0], chunk):
+                xb, yb = x[start : start + chunk], y[start : start + chunk]
+                oracle = Oracle(model, xb.shape[0], x.device)
+                x_adv, loss_trace, extra = self._attack(oracle, xb, yb, generator, trace)
+                # Re-project once more: float rounding must never leave the threat model.
+                x_adv = self.threat.project(x_adv.detach(), xb)
+                with torch.no_grad():
+                    pred = model(x_adv).argmax(1)
+                    clean = extra.pop("clean_correct", None)
+                    if clean is None:
+                        clean = model(xb).argmax(1) == yb
+                parts.append(
+                    AttackResult(x_adv, pred != yb, clean, oracle.queries, loss_trace, extra)
+                )
+        return _concat(parts, x, y)
+
+    # ------------------------------------------------------------- subclass
+    def _attack(
+        self,
+        oracle: Oracle,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        trace: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        """Return (x_adv, loss trace or None, extras); may put ``clean_correct`` in extras."""
+        raise NotImplementedError
+
+
+def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.bool, device=x.device)
+        return AttackResult(x.clone(), empty, empty, torch.zeros(0, dtype=torch.long))
+    if len(parts) == 1:
+        return parts[0]
+    traces = [p.loss_trace for p in parts]
+    trace = None
+    if all(t is not None for t in traces):
+        length = max(t.shape[0] for t in traces)  # type: ignore[union-attr]
+        padded = []
+        for t in traces:
+            pad = torch.full((length - t.shape[0], t.shape[1]), float("nan"), device=t.device)  # type: ignore[union-attr]
+            padded.append(torch.cat([t, pad]))  # type: ignore[list-item]
+        trace = torch.cat(padded, dim=1)
+    return AttackResult(
+        torch.cat([p.x_adv for p in parts]),
+        torch.cat([p.success for p in parts]),
+        torch.cat([p.clean_correct for p in parts]),
+        torch.cat([p.queries for p in parts]),
+        trace,
+        parts[0].extra,
+    )

@@ -1,0 +1,198 @@
+"""The one iterative gradient loop behind FGSM, IFGSM, PGD (L∞/L2) and PGD on the CW margin.
+
+In the manner of Foolbox's gradient-descent base: one loop, small hooks a
+subclass may override — :meth:`init_delta` (random start), :meth:`loss`,
+:meth:`direction` (gradient normalisation), :meth:`project`. The loop
+
+- evaluates every iterate x₀ … x_T, so it can return the **best adversarial
+  found at any iterate** (an adversarial iterate beats a non-adversarial
+  one; among equals the higher loss wins), not the last one — returning the
+  last iterate is a known peer defect (REFERENCE.md); ``select="last"``
+  gives Madry's last iterate for adversarial training;
+- with ``early_stop`` attacks only points not yet broken, which leaves the
+  robust accuracy unchanged and saves most of the work on undefended models;
+- draws every random number from the attack's own generator.
+
+Budget: (steps + 1) model calls per point and restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from .base import Attack, AttackInputError, ModelMode, Oracle
+from .losses import get_loss
+from .threat import Norm, ThreatModel
+
+Select = Literal["best", "last"]
+
+
+class GradientAttack(Attack):
+    """Projected gradient ascent on a per-sample loss inside the threat model."""
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        norm: Norm = "linf",
+        eps: float = 8 / 255,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        early_stop: bool = True,
+        select: Select = "best",
+        seed: int = 0,
+        model_mode: ModelMode = "eval",
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
+        )
+        if not isinstance(steps, int) or steps < 1:
+            raise AttackInputError(f"steps must be an integer ≥ 1, got {steps!r}")
+        if not isinstance(restarts, int) or restarts < 1:
+            raise AttackInputError(f"restarts must be an integer ≥ 1, got {restarts!r}")
+        if step_size is None:
+            step_size = 2.5 * eps / steps  # Madry et al.'s rule of thumb
+        if not step_size > 0:
+            raise AttackInputError(f"step_size must be > 0, got {step_size!r}")
+        if select not in ("best", "last"):
+            raise AttackInputError(f"select must be 'best' or 'last', got '{select}'")
+        self.steps = steps
+        self.step_size = float(step_size)
+        self.random_start = bool(random_start)
+        self.restarts = restarts
+        self.loss_name = loss
+        self._loss = get_loss(loss)
+        self.early_stop = bool(early_stop)
+        self.select = select
+
+    def budget(self) -> int:
+        return self.restarts * (self.steps + 1)
+
+    def describe(self) -> str:
+        start = "random start" if self.random_start else "no random start"
+        return (
+            f"{self.name}: {self.threat.describe()}, {self.steps} steps of {self.step_size:.4g}, "
+            f"{self.loss_name} loss, {start}, {self.restarts} restart(s)"
+        )
+
+    # ----------------------------------------------------------------- hooks
+    def init_delta(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.random_start:
+            return torch.zeros_like(x)
+        return self.threat.project_delta(self.threat.random_delta(x, generator), x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._loss(logits, y)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return self.threat.steepest_ascent(grad)
+
+    def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.threat.project_delta(delta, x)
+
+    # ------------------------------------------------------------------ loop
+    def _attack(
+        self,
+        oracle: Oracle,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        trace: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        n = x.shape[0]
+        best_x = x.clone()
+        best_adv = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best_loss = torch.full((n,), float("-inf"), device=x.device)
+        last_x = x.clone()
+        iterations = self.restarts * (self.steps + 1)
+        loss_trace = torch.full((iterations, n), float("nan"), device=x.device) if trace else None
+        row = 0
+        for _ in range(self.restarts):
+            active = (
+                torch.nonzero(~best_adv).squeeze(1)
+                if self.early_stop
+                else torch.arange(n, device=x.device)
+            )
+            if active.numel() == 0:
+                break
+            x_a, y_a = x[active], y[active]
+            delta = self.init_delta(x_a, generator)
+            for k in range(self.steps + 1):
+                x_k = (x_a + delta).requires_grad_(k < self.steps)
+                with torch.enable_grad():
+                    logits = oracle(x_k, active)
+                    loss = self.loss(logits, y_a)
+                adv = logits.detach().argmax(1) != y_a
+                loss_d = loss.detach().float()
+                if loss_trace is not None:
+                    loss_trace[row + k, active] = loss_d
+                # lexicographic (adversarial, loss): an adversarial iterate always wins
+                prev_adv, prev_loss = best_adv[active], best_loss[active]
+                better = (adv & ~prev_adv) | ((adv == prev_adv) & (loss_d > prev_loss))
+                chosen = active[better]
+                best_x[chosen] = x_k.detach()[better]
+                best_adv[chosen] = adv[better]
+                best_loss[chosen] = loss_d[better]
+                last_x[active] = x_k.detach()
+                if k == self.steps:
+                    break
+                (grad,) = torch.autograd.grad(loss.sum(), x_k)
+                delta = self.project(delta + self.step_size * self.direction(grad), x_a)
+                if self.early_stop and adv.any():
+                    keep = ~adv
+                    active, x_a, y_a, delta = active[keep], x_a[keep], y_a[keep], delta[keep]
+                    if active.numel() == 0:
+                        break
+            row += self.steps + 1
+        x_out = best_x if self.select == "best" else last_x
+        return x_out, loss_trace, {}
+
+
+class PGD(GradientAttack):
+    """PGD (Madry et al. 2018) in L∞ or L2; with ``random_start=False`` it is IFGSM/BIM.
+
+    SONet's setting (REFERENCE.md): L∞ ε 0.031, step 0.003, no random start;
+    L2 ε 0.5, step 0.1, no random start; 20 or 1000 steps.
+    """
+
+    name = "pgd"
+
+
+class FGSM(GradientAttack):
+    """One step of size ε along sign(∇L) (Goodfellow et al. 2015); FGM in L2."""
+
+    name = "fgsm"
+
+    def __init__(self, norm: Norm = "linf", eps: float = 8 / 255, **options: Any) -> None:
+        options.setdefault("random_start", False)
+        super().__init__(norm, eps, steps=1, step_size=eps, **options)
+
+
+class IFGSM(GradientAttack):
+    """Iterative FGSM without random start (Kurakin et al.), as LAD evaluates.
+
+    LAD uses α 0.5/255 (ε ≤ 1/255, natural models) or 2/255 (ε 8/255), 20 steps.
+    """
+
+    name = "ifgsm"
+
+    def __init__(self, norm: Norm = "linf", eps: float = 8 / 255, **options: Any) -> None:
+        options["random_start"] = False
+        super().__init__(norm, eps, **options)
+
+
+class CWMarginPGD(GradientAttack):
+    """ "CW-L∞" in its common meaning: PGD on the Carlini–Wagner margin max_{j≠y} z_j − z_y."""
+
+    name = "cw-margin"
+
+    def __init__(self, norm: Norm = "linf", eps: float = 8 / 255, **options: Any) -> None:
+        options["loss"] = "cw"
+        super().__init__(norm, eps, **options)

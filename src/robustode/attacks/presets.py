@@ -1,0 +1,165 @@
+"""Attacks by name, with the two papers' settings as defaults (``create_attack("pgd20-linf")``).
+
+SONet (REFERENCE.md): PGD L∞ ε 0.031 step 0.003 and L2 ε 0.5 step 0.1, both
+without random start, 20 or 1000 steps; CW-L∞ τ-based; SPSA ε 8/255, 20
+iterations × 32 samples, δ 0.01, lr 0.01. LAD: FGSM and IFGSM-20 without
+random start (α 0.5/255 at ε ≤ 1/255 for natural models, 2/255 at 8/255).
+AutoAttack standard: APGD-CE, APGD-T (9 targets), Square 5000 queries
+(FAB-T is not implemented and the report says so).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .apgd import APGDCE, APGDT
+from .base import Attack, AttackInputError
+from .carlini_wagner import CarliniWagnerLinf
+from .ensemble import AttackEnsemble
+from .gradient import FGSM, IFGSM, PGD, CWMarginPGD, GradientAttack
+from .spsa import SPSA
+from .square import Square
+
+FAB_NOTE = (
+    "FAB-T is not implemented: this is AutoAttack's standard suite without FAB-T "
+    "(APGD-CE, APGD-T, Square); FAB-T rarely breaks points the other three leave robust"
+)
+
+
+@dataclass(frozen=True)
+class AttackPreset:
+    name: str
+    summary: str
+    build: Callable[..., Attack]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    options: tuple[str, ...] = ()
+
+    def create(self, **overrides: Any) -> Attack:
+        unknown = sorted(set(overrides) - set(self.options))
+        if unknown:
+            raise AttackInputError(
+                f"attack '{self.name}' has no option {', '.join(map(repr, unknown))}; "
+                f"it accepts: {', '.join(self.options)}"
+            )
+        return self.build(**{**self.defaults, **overrides})
+
+
+def _options(cls: type) -> tuple[str, ...]:
+    """Keyword options of ``cls`` and, through ``**options``, of its bases."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return tuple(dict.fromkeys(n for n in names if n not in ("steps_",)))
+
+
+_PRESETS: dict[str, AttackPreset] = {}
+
+
+def _add(name: str, summary: str, cls: type, fixed: tuple[str, ...] = (), **defaults: Any) -> None:
+    options = tuple(o for o in _options(cls) if o not in fixed)
+    _PRESETS[name] = AttackPreset(name, summary, cls, defaults, options)
+
+
+def _autoattack(*, eps: float = 8 / 255, seed: int = 0, batch_size: int | None = None) -> Attack:
+    common = {"eps": eps, "seed": seed, "batch_size": batch_size}
+    return AttackEnsemble(
+        [APGDCE(**common), APGDT(**common), Square(**common)],
+        name="autoattack",
+        notes=[FAB_NOTE],
+    )
+
+
+SONET_LINF = {"norm": "linf", "eps": 0.031, "step_size": 0.003, "random_start": False}
+SONET_L2 = {"norm": "l2", "eps": 0.5, "step_size": 0.1, "random_start": False}
+
+_add("fgsm", "FGSM, ε 8/255 (LAD)", FGSM, ("steps", "step_size"), eps=8 / 255)
+_add(
+    "ifgsm20",
+    "IFGSM, 20 steps of 2/255, ε 8/255, no random start (LAD)",
+    IFGSM,
+    ("random_start",),
+    eps=8 / 255,
+    steps=20,
+    step_size=2 / 255,
+)
+for _steps in (20, 1000):
+    _add(
+        f"pgd{_steps}-linf",
+        f"PGD-{_steps} L∞, ε 0.031, step 0.003, no random start (SONet)",
+        PGD,
+        steps=_steps,
+        **SONET_LINF,
+    )
+    _add(
+        f"pgd{_steps}-l2",
+        f"PGD-{_steps} L2, ε 0.5, step 0.1, no random start (SONet)",
+        PGD,
+        steps=_steps,
+        **SONET_L2,
+    )
+_add(
+    "pgd-linf",
+    "PGD L∞ with random start (Madry et al.): ε 8/255, 10 steps of 2/255",
+    PGD,
+    norm="linf",
+    eps=8 / 255,
+    steps=10,
+    step_size=2 / 255,
+    random_start=True,
+)
+_add(
+    "cw-linf",
+    "Carlini–Wagner τ-based L∞, 100 iterations, clipped to ε 0.031 (SONet reference)",
+    CarliniWagnerLinf,
+    eps=0.031,
+)
+_add(
+    "cw-margin-linf",
+    "PGD-20 on the CW margin, ε 0.031, step 0.003, no random start",
+    CWMarginPGD,
+    ("loss",),
+    steps=20,
+    **SONET_LINF,
+)
+_add("spsa", "SPSA, ε 8/255, 20 iterations × 32 samples, δ 0.01, lr 0.01 (SONet)", SPSA)
+_add("apgd-ce", "APGD-CE, ε 8/255, 100 iterations (AutoAttack)", APGDCE, eps=8 / 255)
+_add("apgd-t", "APGD-T (DLR, 9 targets), ε 8/255, 100 iterations (AutoAttack)", APGDT, ("loss",))
+_add("square", "Square L∞, ε 8/255, 5000 queries, p_init 0.8 (AutoAttack)", Square)
+_PRESETS["autoattack"] = AttackPreset(
+    "autoattack",
+    "AutoAttack standard without FAB-T: APGD-CE, APGD-T, Square, worst case per point",
+    _autoattack,
+    {},
+    ("eps", "seed", "batch_size"),
+)
+
+
+def list_attacks() -> list[str]:
+    """Preset names, in the order they are listed in ``robustode attacks``."""
+    return list(_PRESETS)
+
+
+def attack_preset(name: str) -> AttackPreset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise AttackInputError(
+            f"unknown attack '{name}'; choose one of: {', '.join(list_attacks())}"
+        ) from None
+
+
+def create_attack(name: str, /, **overrides: Any) -> Attack:
+    """The attack preset ``name`` with ``overrides`` (e.g. ``eps=4/255, steps=50, seed=1``)."""
+    return attack_preset(name).create(**overrides)
+
+
+__all__ = ["AttackPreset", "GradientAttack", "attack_preset", "create_attack", "list_attacks"]
