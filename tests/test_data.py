@@ -291,7 +291,7 @@ def test_digits_sizes_range_and_a_stratified_partition():
     assert torch.allclose(test.images[:, 0].double(), torch.from_numpy(sk.images[test_idx] / 16))
     assert test.labels.tolist() == sk.target[test_idx].tolist()
     for c in range(10):  # every class keeps its share
-        assert (test.labels == c).sum() == round(0.2 * (sk.target == c).sum())
+        assert (test.labels == c).sum() == int(0.2 * (sk.target == c).sum() + 0.5)
 
 
 def test_digits_split_depends_only_on_seed():
@@ -491,6 +491,14 @@ def test_ranks_together_see_exactly_the_single_process_batches(world_size):
         assert torch.equal(torch.cat([r[i][0] for r in ranks]), x)
         assert torch.equal(torch.cat([r[i][1] for r in ranks]), y)
     assert [len(r[0][1]) for r in ranks] == [100 // world_size] * world_size
+
+
+def test_a_last_batch_smaller_than_world_size_gives_empty_slices_but_equal_batch_counts():
+    ds = indexed_dataset(102, shape=(1, 4, 4))  # last global batch: 2 images over 4 ranks
+    ranks = [list(DeviceLoader(ds, 100, shuffle=True, rank=r, world_size=4)) for r in range(4)]
+    assert [len(r) for r in ranks] == [2, 2, 2, 2]
+    assert [len(r[1][1]) for r in ranks] == [0, 1, 0, 1]
+    assert [tuple(r[1][0].shape[1:]) for r in ranks] == [(1, 4, 4)] * 4
 
 
 def test_len_and_drop_last():

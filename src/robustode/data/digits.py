@@ -12,13 +12,14 @@ TEST_FRACTION = 0.2
 
 def split_indices(labels: np.ndarray, seed: int, test_fraction: float = TEST_FRACTION):
     """A stratified train/test partition that depends only on ``seed``: in every class,
-    ``round(test_fraction · n_class)`` images go to test. Both index arrays are sorted."""
+    ``test_fraction · n_class`` images (rounded half up) go to test. Both are sorted."""
     # RandomState, not default_rng: NumPy freezes its stream, so the split never drifts
     rng = np.random.RandomState(seed)
     test = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        test.append(rng.permutation(members)[: round(test_fraction * len(members))])
+        n_test = int(test_fraction * len(members) + 0.5)
+        test.append(rng.permutation(members)[:n_test])
     test_idx = np.sort(np.concatenate(test))
     train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
     return train_idx, test_idx

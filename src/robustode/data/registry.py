@@ -63,4 +63,4 @@ def load_dataset(
         raise DataError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
-    return _LOADERS[name](split, None if root is None else Path(root), download, seed)
+    return _LOADERS[name](split, None if root is None else Path(root).expanduser(), download, seed)
