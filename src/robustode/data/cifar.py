@@ -193,6 +193,8 @@ def load_cifar(
             f"{name}: unknown label_mode '{label_mode}'; choose one of: "
             f"{', '.join(source.label_keys)}"
         )
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split '{split}'; choose one of: train, test")
     files = source.train_files if split == "train" else source.test_files
     folder = find_folder(source, root)
     missing = [f for f in files if not (folder / f).is_file()]
@@ -205,7 +207,11 @@ def load_cifar(
             raise DataError(
                 f"{folder} lacks {', '.join(missing)}; provide the full contents of "
                 f"{source.archive} there"
-                + ("" if download else ", or pass download=True (--download) to fetch them")
+                + (
+                    ", or pass download=True (--download) to fetch them"
+                    if folder.name == source.folder and not download
+                    else ""
+                )
             )
     label_key = source.label_keys[label_mode]
     images, labels = [], []
