@@ -150,54 +150,75 @@ class APGD(Attack):
         generator: torch.Generator,
         state: _Best,
     ) -> torch.Tensor:
-        """One APGD run on the points ``index``; returns its (steps + 1, len(index)) loss trace."""
+        """One APGD run on the points ``index``; returns its (steps + 1, len(index)) loss trace.
+
+        With ``early_stop`` a point leaves the run once an iterate breaks it:
+        its best adversarial is already kept in ``state``.
+        """
         threat = self.threat
+        trace = torch.full((self.steps + 1, index.numel()), float("nan"), device=x_all.device)
+        column = torch.arange(index.numel(), device=x_all.device)
         x, y = x_all[index], y_all[index]
-        m = x.shape[0]
-        shape = (m,) + (1,) * (x.dim() - 1)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         delta0 = threat.random_delta(x, generator) if self.random_start else torch.zeros_like(x)
         x_adv = x + threat.project_delta(delta0, x)
-        eta = torch.full(shape, 2 * threat.eps, device=x.device, dtype=x.dtype)
         loss, grad, adv = self._evaluate(oracle, x_adv, index, y, target)
-        trace = torch.full((self.steps + 1, m), float("nan"), device=x.device)
-        trace[0] = loss
+        trace[0, column] = loss
         state.update(index, x_adv, adv, loss)
-        x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-        x_prev = x_adv.clone()
-        loss_prev = loss.clone()
-        increases = torch.zeros(m, device=x.device)
-        loss_best_at_mark = loss_best.clone()
-        halved_at_mark = torch.ones(m, dtype=torch.bool, device=x.device)
+        s = {  # per-point run state; rows follow ``index``
+            "x": x,
+            "y": y,
+            "index": index,
+            "column": column,
+            "x_adv": x_adv,
+            "x_prev": x_adv.clone(),
+            "grad": grad,
+            "eta": torch.full(shape, 2 * threat.eps, device=x.device, dtype=x.dtype),
+            "x_best": x_adv.clone(),
+            "grad_best": grad.clone(),
+            "loss_best": loss.clone(),
+            "loss_prev": loss.clone(),
+            "increases": torch.zeros_like(loss),
+            "loss_best_at_mark": loss.clone(),
+            "halved_at_mark": torch.ones_like(adv),
+        }
+        if target is not None:
+            s["target"] = target
         last_mark = 0
         for i in range(self.steps):
-            z = x + threat.project_delta(x_adv + eta * threat.steepest_ascent(grad) - x, x)
+            if self.early_stop and adv.any():
+                s = {k: v[~adv] for k, v in s.items()}
+                if s["index"].numel() == 0:
+                    break
+            x, x_adv, eta = s["x"], s["x_adv"], s["eta"]
+            z = x + threat.project_delta(x_adv + eta * threat.steepest_ascent(s["grad"]) - x, x)
             if i == 0:
                 x_new = z
             else:
-                mixed = x_adv + self.momentum * (z - x_adv) + (1 - self.momentum) * (x_adv - x_prev)
-                x_new = x + threat.project_delta(mixed - x, x)
-            x_prev, x_adv = x_adv, x_new
-            loss, grad, adv = self._evaluate(oracle, x_adv, index, y, target)
-            trace[i + 1] = loss
-            state.update(index, x_adv, adv, loss)
-            increases += (loss > loss_prev).float()
-            loss_prev = loss
-            improved = loss > loss_best
-            x_best[improved], grad_best[improved] = x_adv[improved], grad[improved]
-            loss_best = torch.where(improved, loss, loss_best)
+                step = self.momentum * (z - x_adv) + (1 - self.momentum) * (x_adv - s["x_prev"])
+                x_new = x + threat.project_delta(x_adv + step - x, x)
+            s["x_prev"], s["x_adv"] = x_adv, x_new
+            loss, grad, adv = self._evaluate(oracle, x_new, s["index"], s["y"], s.get("target"))
+            s["grad"] = grad
+            trace[i + 1, s["column"]] = loss
+            state.update(s["index"], x_new, adv, loss)
+            s["increases"] += (loss > s["loss_prev"]).float()
+            s["loss_prev"] = loss
+            improved = loss > s["loss_best"]
+            s["x_best"][improved], s["grad_best"][improved] = x_new[improved], grad[improved]
+            s["loss_best"] = torch.where(improved, loss, s["loss_best"])
             if i + 1 in self._marks:
                 period = i + 1 - last_mark
-                oscillating = increases < self.rho * period
-                stalled = ~halved_at_mark & (loss_best <= loss_best_at_mark)
+                oscillating = s["increases"] < self.rho * period
+                stalled = ~s["halved_at_mark"] & (s["loss_best"] <= s["loss_best_at_mark"])
                 halve = oscillating | stalled
-                eta[halve] /= 2
-                x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
-                x_prev[halve] = x_adv[halve]  # no momentum across a restart from the best point
-                halved_at_mark, loss_best_at_mark = halve, loss_best.clone()
-                increases.zero_()
+                s["eta"][halve] /= 2
+                s["x_adv"][halve] = s["x_best"][halve]
+                s["grad"][halve] = s["grad_best"][halve]
+                s["x_prev"][halve] = s["x_adv"][halve]  # no momentum across the restart
+                s["halved_at_mark"], s["loss_best_at_mark"] = halve, s["loss_best"].clone()
+                s["increases"].zero_()
                 last_mark = i + 1
-            if self.early_stop and bool(state.adv[index].all()):
-                break
         return trace
 
 
