@@ -304,6 +304,7 @@ def test_cli_trains_one_short_epoch_and_refuses_bad_input(tmp_path, capsys):
         ([*argv, "--overwrite", "--lr", "abc"], "invalid float value: 'abc'"),
         ([*argv, "--overwrite", "--model-opt", "width"], "expected KEY=VALUE, got 'width'"),
         ([*argv, "--overwrite", "--amp", "bf16"], "amp='bf16' needs a CUDA device"),
+        ([*argv, "--overwrite", "--channels-last"], "channels_last is a CUDA option"),
         ([*argv, "--overwrite", "--config", str(bad_toml)], "unknown config key(s) 'epoch'"),
         ([*argv, "--overwrite", "--defense", "nope"], "unknown defense 'nope'"),
         (["train", "--resume", str(run), "--lr", "0.5"], "cannot resume"),

@@ -138,9 +138,12 @@ class TrainConfig:
         ),
     )
     channels_last: bool = field(
-        default=False, metadata=_m("bool", "channels-last memory format (CUDA)")
+        default=False,
+        metadata=_m("bool", "channels-last memory format (CUDA only; refused on CPU)"),
     )
-    compile: bool = field(default=False, metadata=_m("bool", "torch.compile the model"))
+    compile: bool = field(
+        default=False, metadata=_m("bool", "torch.compile the model (CUDA only; refused on CPU)")
+    )
     sync_batchnorm: bool = field(
         default=False,
         metadata=_m("bool", "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)"),

@@ -156,6 +156,17 @@ def _check_device_options(config: TrainConfig, ctx: DistContext) -> None:
         raise ConfigError(
             f"amp={config.amp!r} needs a CUDA device; this run is on {device} (use amp = 'none')"
         )
+    # Measured with torch 2.13 on this project's CPUs: oneDNN's weight gradient of a stride-2
+    # 1×1 convolution in channels-last with fewer input channels than its block (a narrow
+    # ResNet shortcut) writes past its workspace and aborts the process (oneDNN issue 6035,
+    # which also reports silently wrong gradients). torch.compile on the CPU gets there too:
+    # inductor switches convolutions to channels-last.
+    for name in ("channels_last", "compile"):
+        if getattr(config, name) and device.type != "cuda":
+            raise ConfigError(
+                f"{name} is a CUDA option (on the CPU it can hit a oneDNN channels-last bug); "
+                f"this run is on {device}"
+            )
     if config.sync_batchnorm and ctx.distributed and device.type != "cuda":
         raise ConfigError("sync_batchnorm works on CUDA only (SyncBatchNorm has no CPU kernel)")
     if config.batch_size % ctx.world_size:
