@@ -64,7 +64,7 @@ class TrainConfig:
         default="digits", metadata=_m("str", "dataset: cifar10, cifar100, digits or npz")
     )
     data_dir: str | None = field(
-        default=None, metadata=_m("str?", "folder holding the dataset (its default if unset)")
+        default=None, metadata=_m("str?", "the dataset's folder, or for npz its .npz file")
     )
     download: bool = field(
         default=False, metadata=_m("bool", "download the dataset if it is missing")
