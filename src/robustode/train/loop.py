@@ -293,9 +293,9 @@ def evaluate(
     *,
     autocast: contextlib.AbstractContextManager | None = None,
     channels_last: bool = False,
-) -> tuple[float, float]:
-    """(clean accuracy, mean cross-entropy) over ``loader``, model in eval mode, no gradients;
-    each rank evaluates its slice and the counts are summed."""
+) -> tuple[float | None, float | None]:
+    """(clean accuracy, mean cross-entropy) over ``loader`` (None for no images), model in
+    eval mode, no gradients; each rank evaluates its slice and the counts are summed."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.float64)
@@ -317,7 +317,7 @@ def evaluate(
     parts = ctx.all_gather((float(correct), float(loss), total))
     total = sum(p[2] for p in parts)
     if total == 0:
-        return float("nan"), float("nan")
+        return None, None
     return sum(p[0] for p in parts) / total, sum(p[1] for p in parts) / total
 
 
@@ -389,17 +389,6 @@ def _train(
             )
     start_epoch = checkpoint.epoch if checkpoint is not None else 0
 
-    # -- past this point files change (rank 0 only), once every rank has checked them
-    ctx.barrier()
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            clear_run(run_dir)
-        write_config(run_dir, config)
-        if resume:
-            truncate_metrics(run_dir, start_epoch)
-    ctx.barrier()
-
     if config.sync_batchnorm and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -418,16 +407,6 @@ def _train(
             scaler.load_state_dict(checkpoint.scaler_state)
         _set_rng_state(checkpoint.rng_state)
         show.log(f"resuming {run_dir} after epoch {checkpoint.epoch} ({checkpoint.path.name})")
-
-    net = distributed.wrap(model, ctx)
-    if config.compile:
-        net = torch.compile(net)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
 
     augment = config.augment if config.augment is not None else config.data.startswith("cifar")
     drop_last = config.drop_last or ctx.distributed  # equal shares for every rank under DDP
@@ -461,6 +440,27 @@ def _train(
             f"an epoch has no batch: {len(train_set)} training images, batch_size "
             f"{config.batch_size}, drop_last {drop_last}"
         )
+
+    # -- past this point files change (rank 0 only), once every rank has checked them
+    ctx.barrier()
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            clear_run(run_dir)
+        write_config(run_dir, config)
+        if resume:
+            truncate_metrics(run_dir, start_epoch)
+    ctx.barrier()
+
+    net = distributed.wrap(model, ctx)
+    if config.compile:
+        net = torch.compile(net)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
 
     nfe = _NFECounter(model)
     records: list[dict[str, Any]] = []
