@@ -1,0 +1,320 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, never a pickle.
+
+A checkpoint of epoch E in ``RUN_DIR/checkpoints/`` is three files, each
+written to a temporary name, flushed, fsynced and renamed into place:
+
+- ``epoch-000E.safetensors`` — the model's parameters and buffers; its header
+  metadata holds the ``model_config`` that rebuilds the model, so this file
+  alone is enough for :func:`load_model`;
+- ``epoch-000E.state.safetensors`` — the optimiser's tensors (momentum buffers)
+  and the random generators' states;
+- ``epoch-000E.json`` — written after the two above: the epoch, the run's
+  config, the optimiser's other state, the lr schedule, the loss scaler, and
+  the SHA-256 of both tensor files.
+
+``latest.json`` names the newest checkpoint and is written last. Loading
+verifies the hashes; when the checkpoint ``latest.json`` names is missing or
+damaged (or ``latest.json`` itself is), the newest earlier checkpoint that
+verifies is taken instead, and the caller is told. Leftover ``*.tmp`` files
+of an interrupted write are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .. import __version__
+from ..io import write_json_atomic
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.json"
+FORMAT = "robustode-checkpoint-1"
+_META = re.compile(r"^epoch-(\d+)\.json$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged or not a robustode checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to continue after ``epoch``, as plain tensors and JSON values."""
+
+    epoch: int
+    model_state: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    schedule_state: dict[str, Any] | None = None
+    scaler_state: dict[str, Any] | None = None
+    rng_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: Path | None = None  # the .json file it was read from or written to
+
+
+def names(epoch: int) -> tuple[str, str, str]:
+    """(weights, state, meta) file names of the checkpoint of ``epoch``."""
+    stem = f"epoch-{epoch:04d}"
+    return f"{stem}.safetensors", f"{stem}.state.safetensors", f"{stem}.json"
+
+
+# ------------------------------------------------------------------------ writing
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` via ``path.tmp``, fsync and an atomic rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    _fsync_dir(path.parent)
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    # a copy: safetensors refuses tensors that share storage, and the caller trains on
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser state_dict as (tensors, JSON), tensors named optimizer.<param>.<key>."""
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        out: dict[str, Any] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                name = f"optimizer.{index}.{key}"
+                tensors[name] = _cpu(value)
+                out[key] = {"tensor": name}
+            else:
+                out[key] = value
+        per_param[str(index)] = out
+    return tensors, {"state": per_param, "param_groups": state["param_groups"]}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for index, entries in saved["state"].items():
+        state[int(index)] = {
+            key: tensors[value["tensor"]]
+            if isinstance(value, dict) and "tensor" in value
+            else value
+            for key, value in entries.items()
+        }
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def save_checkpoint(folder: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write ``checkpoint`` into ``folder`` (tensor files, then its JSON, then ``latest.json``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_name, state_name, meta_name = names(checkpoint.epoch)
+    model_config = json.dumps(checkpoint.model_config)
+    weights = save_safetensors(
+        {k: _cpu(v) for k, v in checkpoint.model_state.items()},
+        metadata={"format": FORMAT, "epoch": str(checkpoint.epoch), "model_config": model_config},
+    )
+    optimizer_tensors, optimizer_json = (
+        _split_optimizer(checkpoint.optimizer_state) if checkpoint.optimizer_state else ({}, None)
+    )
+    rng = {f"rng.{k}": _cpu(v) for k, v in checkpoint.rng_state.items()}
+    state = save_safetensors({**optimizer_tensors, **rng}, metadata={"format": FORMAT})
+    write_bytes_atomic(weights, folder / weights_name)
+    write_bytes_atomic(state, folder / state_name)
+    meta = {
+        "format": FORMAT,
+        "epoch": checkpoint.epoch,
+        "files": {
+            "weights": {"name": weights_name, "sha256": hashlib.sha256(weights).hexdigest()},
+            "state": {"name": state_name, "sha256": hashlib.sha256(state).hexdigest()},
+        },
+        "model_config": checkpoint.model_config,
+        "config": checkpoint.config,
+        "optimizer": optimizer_json,
+        "schedule": checkpoint.schedule_state,
+        "scaler": checkpoint.scaler_state,
+        "rng": sorted(checkpoint.rng_state),
+        "torch_version": torch.__version__,
+        "robustode_version": __version__,
+    }
+    write_json_atomic(meta, folder / meta_name)
+    write_json_atomic({"epoch": checkpoint.epoch, "checkpoint": meta_name}, folder / LATEST)
+    _fsync_dir(folder)
+    checkpoint.path = folder / meta_name
+    return checkpoint.path
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: none); return deleted epochs."""
+    folder = Path(folder)
+    if keep <= 0:
+        return []
+    epochs = sorted(_meta_epochs(folder), reverse=True)
+    deleted = []
+    for epoch in epochs[keep:]:
+        weights_name, state_name, meta_name = names(epoch)
+        for name in (meta_name, weights_name, state_name):  # the JSON first: never half-valid
+            (folder / name).unlink(missing_ok=True)
+        deleted.append(epoch)
+    return deleted
+
+
+# ------------------------------------------------------------------------ reading
+def _meta_epochs(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return [int(m.group(1)) for p in folder.iterdir() if (m := _META.match(p.name))]
+
+
+def _read_verified(path: Path, sha256: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"{path} is damaged (its SHA-256 is not the one recorded)")
+    return data
+
+
+def _load_tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a safetensors file: {exc}") from None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify the checkpoint whose JSON file is ``path`` (tensors on the CPU)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file")
+    files = meta["files"]
+    weights_path = path.with_name(files["weights"]["name"])
+    state_path = path.with_name(files["state"]["name"])
+    model_state = _load_tensors(
+        _read_verified(weights_path, files["weights"]["sha256"]), weights_path
+    )
+    state = _load_tensors(_read_verified(state_path, files["state"]["sha256"]), state_path)
+    rng = {k[len("rng.") :]: v for k, v in state.items() if k.startswith("rng.")}
+    optimizer = _join_optimizer(state, meta["optimizer"]) if meta.get("optimizer") else None
+    return Checkpoint(
+        epoch=int(meta["epoch"]),
+        model_state=model_state,
+        model_config=meta["model_config"],
+        config=meta.get("config") or {},
+        optimizer_state=optimizer,
+        schedule_state=meta.get("schedule"),
+        scaler_state=meta.get("scaler"),
+        rng_state=rng,
+        path=path,
+    )
+
+
+def find_checkpoint(
+    folder: str | Path, log: Callable[[str], None] | None = None
+) -> Checkpoint | None:
+    """The checkpoint ``latest.json`` names, or else the newest one that verifies; None if
+    ``folder`` holds none. ``log`` hears why a newer checkpoint was passed over."""
+    folder = Path(folder)
+    candidates: list[Path] = []
+    pointer = folder / LATEST
+    if pointer.exists():
+        try:
+            latest = json.loads(pointer.read_text())
+            named = folder / str(latest["checkpoint"])
+            if named.parent != folder or not _META.match(named.name):
+                raise ValueError(f"names {named.name!r}")
+            candidates.append(named)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if log:
+                log(f"{pointer} is unreadable ({exc}); using the newest checkpoint that verifies")
+    elif _meta_epochs(folder) and log:
+        log(f"{pointer} is missing; using the newest checkpoint that verifies")
+    newest_first = sorted(_meta_epochs(folder), reverse=True)
+    limit = int(_META.match(candidates[0].name).group(1)) if candidates else None
+    candidates += [folder / names(e)[2] for e in newest_first if limit is None or e < limit]
+    for path in candidates:
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as exc:
+            if log:
+                log(f"skipping checkpoint {path.name}: {exc}")
+    if candidates:
+        raise CheckpointError(
+            f"no checkpoint in {folder} verifies; start the run again with --overwrite"
+        )
+    return None
+
+
+def _model_config_of(path: Path) -> dict[str, Any]:
+    """Rebuild information from a weights file's header or a checkpoint's JSON."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if metadata.get("format") != FORMAT or "model_config" not in metadata:
+        raise CheckpointError(f"{path} carries no robustode model_config")
+    return json.loads(metadata["model_config"])
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of a run folder's latest checkpoint, a checkpoint's ``.json``, or a weights
+    ``.safetensors`` file: rebuilt with ``create_model`` from its ``model_config`` and loaded
+    strictly, in eval mode."""
+    from safetensors.torch import load_file
+
+    from ..models import create_model
+
+    path = Path(path)
+    if path.is_dir():
+        folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+        checkpoint = find_checkpoint(folder)
+        if checkpoint is None:
+            raise CheckpointError(f"{path} holds no checkpoint")
+        state, model_config = checkpoint.model_state, checkpoint.model_config
+    elif path.suffix == ".json":
+        checkpoint = read_checkpoint(path)
+        state, model_config = checkpoint.model_state, checkpoint.model_config
+    else:
+        model_config = _model_config_of(path)
+        state = load_file(str(path))
+    options = dict(model_config)
+    name = options.pop("name")
+    model = create_model(name, **options)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,119 @@
+"""torch.distributed for training: started by ``torchrun``, read from its environment.
+
+``torchrun --nproc_per_node=N -m robustode train …`` sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT; :func:`setup` joins that process
+group (nccl on CUDA, gloo on the CPU) unless the caller already has, and
+picks the device (``cuda:LOCAL_RANK`` under torchrun on CUDA). Rank 0 alone
+writes files and prints; every rank trains on its contiguous slice of each
+global batch and DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: its rank, the world size and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # this setup created the process group and destroys it
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (a small picklable value), in rank order."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def teardown(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (the local rank's GPU) when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs)")
+    return device
+
+
+def setup(device_name: str) -> DistContext:
+    """Join the process group torchrun describes (or the caller's), and pick the device."""
+    already = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if already else int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=resolve_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if not already:
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        owns = True
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+        owns_group=owns,
+    )
+
+
+class DistributedModel(DistributedDataParallel):
+    """DDP that still answers the wrapped model's own attributes (``perturbed``,
+    ``ode_blocks``, …), so a defense can use them without knowing about DDP."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if name == "module" or "module" not in modules:
+                raise
+            return getattr(modules["module"], name)
+
+
+def wrap(model: nn.Module, context: DistContext) -> nn.Module:
+    """``model`` under DDP when the world has more than one process, else itself."""
+    if not context.distributed:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedModel(model, device_ids=device_ids)
