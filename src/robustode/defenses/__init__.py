@@ -8,6 +8,7 @@ model. See docs/defenses.md.
 """
 
 from . import adversarial as _adversarial  # noqa: F401  (registers)
+from . import lad as _lad  # noqa: F401  (registers)
 from . import natural as _natural  # noqa: F401  (registers)
 from .adversarial import (
     TRADES,
@@ -26,12 +27,19 @@ from .base import (
     list_defenses,
     register_defense,
 )
+from .lad import (
+    LayerwiseAdversarialDefense,
+    lad_offsets,
+    lad_sm_offsets,
+    record_point_gradients,
+)
 from .natural import NaturalTraining
 
 __all__ = [
     "TRADES",
     "Defense",
     "DefenseConfigError",
+    "LayerwiseAdversarialDefense",
     "NaturalTraining",
     "PGDTraining",
     "Stats",
@@ -40,7 +48,10 @@ __all__ = [
     "batch_generator",
     "create_defense",
     "defense_entry",
+    "lad_offsets",
+    "lad_sm_offsets",
     "list_defenses",
+    "record_point_gradients",
     "register_defense",
     "trades_kl",
 ]
