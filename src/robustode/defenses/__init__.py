@@ -10,6 +10,7 @@ model. See docs/defenses.md.
 from . import adversarial as _adversarial  # noqa: F401  (registers)
 from . import lad as _lad  # noqa: F401  (registers)
 from . import natural as _natural  # noqa: F401  (registers)
+from . import noise as _noise  # noqa: F401  (registers)
 from .adversarial import (
     TRADES,
     PGDTraining,
@@ -34,6 +35,7 @@ from .lad import (
     record_point_gradients,
 )
 from .natural import NaturalTraining
+from .noise import NoiseInjection, NoisyEnsemble, PointNoise
 
 __all__ = [
     "TRADES",
@@ -41,7 +43,10 @@ __all__ = [
     "DefenseConfigError",
     "LayerwiseAdversarialDefense",
     "NaturalTraining",
+    "NoiseInjection",
+    "NoisyEnsemble",
     "PGDTraining",
+    "PointNoise",
     "Stats",
     "TradesAttack",
     "TrainingAttack",
