@@ -15,6 +15,8 @@ random start, on any device, and a resumed run sees the same starts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,10 +76,15 @@ class TrainingAttack(GradientAttack):
         check_inputs(x, y, self.threat)
         x, y = x.detach(), y.long()
         generator = batch_generator(x.device)
-        with model_mode(model, self.model_mode):
+        with model_mode(model, self.model_mode), self.prepared(model, x):
             oracle = Oracle(model, x.shape[0], x.device)
             x_adv, _, _ = self._attack(oracle, x, y, generator, False)
         return self.threat.project(x_adv.detach(), x)
+
+    @contextmanager
+    def prepared(self, model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+        """Hook: state the loss needs for this batch (set up in the attack's mode); none here."""
+        yield
 
 
 class TradesAttack(TrainingAttack):
@@ -114,11 +121,13 @@ class TradesAttack(TrainingAttack):
             raise RuntimeError("TradesAttack.loss runs only inside TradesAttack.perturb")
         return kl_per_sample(logits, self._target)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with model_mode(model, self.model_mode), torch.no_grad():
-            self._target = F.softmax(model(x.detach()), dim=1)
+    @contextmanager
+    def prepared(self, model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+        """Hold the clean distribution f(x) for :meth:`loss` while the loop runs."""
+        with torch.no_grad():
+            self._target = F.softmax(model(x), dim=1)
         try:
-            return super().perturb(model, x, y)
+            yield
         finally:
             self._target = None
 
