@@ -22,6 +22,9 @@ class NaturalTraining:
         correct = (logits.detach().argmax(1) == y).sum().item()
         return loss, {"loss": loss.item(), "train_correct": float(correct)}
 
+    def __repr__(self) -> str:
+        return "NaturalTraining()"
+
 
 @register_defense("natural", summary="cross-entropy on clean inputs")
 def natural() -> NaturalTraining:
