@@ -1,7 +1,7 @@
 """APGD-CE and APGD-T (Croce & Hein, ICML 2020, Algorithm 1), as AutoAttack runs them.
 
 Step-size-free PGD: the step starts at 2ε and is halved at checkpoints
-w_j = ⌈p_j·N⌉ (p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
+w_j = p_j·N (p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
 0.06)) when (1) the loss rose in fewer than ρ = 0.75 of the steps since the
 last checkpoint, or (2) the step was not halved at the last checkpoint and
 the best loss has not improved since; on halving, the iterate restarts from
@@ -25,12 +25,20 @@ from .threat import Norm, ThreatModel
 
 
 def checkpoints(steps: int) -> list[int]:
-    """Iterations at which APGD may halve its step (Croce & Hein 2020, §3.2)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    marks = sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
-    return [m for m in marks if 0 < m < steps]
+    """Iterations at which APGD may halve its step (Croce & Hein 2020, §3.2).
+
+    p₁ = 0.22 and periods shrinking by 0.03 down to 0.06 of N, in whole
+    iterations as AutoAttack counts them (floating point would put a
+    checkpoint at 58 instead of 57 for N = 100).
+    """
+    period = max(int(0.22 * steps), 1)
+    shrink, minimum = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    marks, mark = [], period
+    while mark < steps:
+        marks.append(mark)
+        period = max(period - shrink, minimum)
+        mark += period
+    return marks
 
 
 class APGD(Attack):
@@ -103,6 +111,11 @@ class APGD(Attack):
         if self.targets:
             with torch.no_grad():
                 clean_logits = oracle(x, all_points)
+            if clean_logits.shape[1] < 4:
+                raise AttackInputError(
+                    f"APGD-T's targeted DLR loss needs at least 4 classes, the model has "
+                    f"{clean_logits.shape[1]}; use APGD-CE instead"
+                )
             ranked = clean_logits.argsort(dim=1, descending=True)
             count = min(self.targets, clean_logits.shape[1] - 1)
             target_classes = [ranked[:, k] for k in range(1, count + 1)]

@@ -25,6 +25,14 @@ def largest_other_logit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _other_logits(logits, y).amax(1)
 
 
+def _need_classes(logits: torch.Tensor, k: int, what: str) -> None:
+    if logits.shape[1] < k:
+        raise ValueError(
+            f"the {what} loss needs at least {k} classes, the model has {logits.shape[1]}; "
+            "use the CE or CW loss instead"
+        )
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
@@ -40,12 +48,14 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3), π the logits sorted descending;
     invariant to shifting and scaling the logits.
     """
+    _need_classes(logits, 3, "DLR")
     top = logits.topk(3, dim=1).values
     return cw_margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
 def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Targeted DLR (Croce & Hein 2020, eq. 7): −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)."""
+    _need_classes(logits, 4, "targeted DLR")
     top = logits.topk(4, dim=1).values
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     z_t = logits.gather(1, target[:, None]).squeeze(1)

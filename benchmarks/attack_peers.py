@@ -1,0 +1,135 @@
+"""Our attacks and torchattacks' counterparts with matched settings, on one small trained model.
+
+Shared by tests/test_attack_peers.py (robust accuracy: ours ≤ peer + 2 points)
+and benchmarks/bench_attacks.py (the same table with times). torchattacks is
+a test/benchmark oracle only, never a robustode dependency.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustode import attacks as A
+
+# ε where an undefended small model keeps a measurable robust accuracy, so the
+# comparison can tell a weak attack from a strong one (at 8/255 both give 0 %).
+EPS_LINF = 2 / 255
+EPS_L2 = 0.1
+
+
+def read_cifar_batch(path: Path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] (NCHW float32) and labels of one official CIFAR-10 batch file."""
+    with path.open("rb") as f:
+        batch = pickle.load(f, encoding="latin1")  # the shared subset: a trusted local file
+    data = batch["data"][:n] if n else batch["data"]
+    labels = batch["labels"][:n] if n else batch["labels"]
+    return torch.tensor(data).view(-1, 3, 32, 32).float() / 255, torch.tensor(labels)
+
+
+def read_cifar_subset(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def small_cnn() -> nn.Module:
+    """A four-layer CNN: cheap enough for 20×32-sample SPSA on 500 images in CI."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+
+
+def train_small_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int = 0
+) -> nn.Module:
+    """Natural training: SGD (lr 0.05, momentum 0.9), batch 128, horizontal flips."""
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 128):
+            idx = order[start : start + 128]
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            xb = torch.where(flip[:, None, None, None], x[idx].flip(3), x[idx])
+            loss = F.cross_entropy(model(xb), y[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class PeerPair:
+    name: str
+    ours: Callable[[], A.Attack]
+    peer: Callable[[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    settings: str
+
+
+def peer_pairs(*, square_queries: int = 1000) -> list[PeerPair]:
+    """Matched settings for each attack the issue compares (robustode vs torchattacks 3.5.1)."""
+    import torchattacks as TA
+
+    e, e2 = EPS_LINF, EPS_L2
+    return [
+        PeerPair(
+            "PGD-20 L∞",
+            lambda: A.PGD("linf", e, steps=20, step_size=e / 4, random_start=True),
+            lambda m: TA.PGD(m, eps=e, alpha=e / 4, steps=20, random_start=True),
+            "ε 2/255, step ε/4, 20 steps, random start",
+        ),
+        PeerPair(
+            "PGD-20 L2",
+            lambda: A.PGD("l2", e2, steps=20, step_size=e2 / 4, random_start=True),
+            lambda m: TA.PGDL2(m, eps=e2, alpha=e2 / 4, steps=20, random_start=True),
+            "ε 0.1, step ε/4, 20 steps, random start",
+        ),
+        PeerPair(
+            "APGD-CE",
+            lambda: A.APGDCE("linf", e, steps=100),
+            lambda m: TA.APGD(m, norm="Linf", eps=e, steps=100, loss="ce"),
+            "ε 2/255, 100 iterations, 1 restart",
+        ),
+        PeerPair(
+            "APGD-T",
+            lambda: A.APGDT("linf", e, steps=100, targets=9),
+            lambda m: TA.APGDT(m, norm="Linf", eps=e, steps=100, n_classes=10),
+            "ε 2/255, 100 iterations, 9 targets",
+        ),
+        PeerPair(
+            "Square",
+            lambda: A.Square(e, queries=square_queries, p_init=0.8),
+            lambda m: TA.Square(m, norm="Linf", eps=e, n_queries=square_queries, p_init=0.8),
+            f"ε 2/255, {square_queries} queries, p_init 0.8",
+        ),
+        PeerPair(
+            "SPSA",
+            lambda: A.SPSA(e, iterations=20, samples=32, delta=0.01, lr=0.01),
+            lambda m: TA.SPSA(
+                m, eps=e, delta=0.01, lr=0.01, nb_iter=20, nb_sample=32, max_batch_size=1024
+            ),
+            "ε 2/255, 20 iterations × 32 samples, δ 0.01, lr 0.01",
+        ),
+    ]
+
+
+@torch.no_grad()
+def robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    return (model(x_adv).argmax(1) == y).float().mean().item()
