@@ -100,3 +100,38 @@ def test_models_bad_input_gets_one_line(argv, message, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_attacks_lists_every_preset_with_its_budget(capsys):
+    from robustode.attacks import list_attacks
+
+    assert main(["attacks"]) == 0
+    out = capsys.readouterr().out
+    for name in list_attacks():
+        assert f"| {name} |" in out
+    assert "| pgd20-linf | L∞ ε=0.031 | 21 |" in out
+    assert main(["attacks", "pgd20-l2", "steps=50"]) == 0
+    assert "50 steps of 0.1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["attacks", "pgd21"], "unknown attack 'pgd21'; choose one of: fgsm"),
+        (["attacks", "fgsm", "steps=3"], "has no option 'steps'; it accepts: norm, eps"),
+        (["attacks", "pgd20-linf", "eps=-1"], "eps must be a finite number > 0"),
+    ],
+)
+def test_attacks_bad_input_gets_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_defenses_lists_each_defense_with_its_options(capsys):
+    assert main(["defenses"]) == 0
+    out = capsys.readouterr().out
+    for name in ("natural", "pgd_at", "trades", "lad", "lad_sm", "noise"):
+        assert f"{name}: " in out
+    assert "beta=6.0" in out

@@ -183,6 +183,72 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- attacks
+def _add_attacks(sub) -> None:
+    p = sub.add_parser(
+        "attacks",
+        help="list the attack presets (the papers' settings), or describe one with overrides",
+        description=(
+            "Without NAME: a table of every attack preset with its threat model and its budget "
+            "in model calls per image. With NAME: the attack built with the given KEY=VALUE "
+            "overrides (e.g. eps=0.0157 steps=50) and the options it accepts. In Python: "
+            "robustode.attacks.create_attack(NAME, **overrides)(model, x, y)."
+        ),
+    )
+    p.add_argument("name", nargs="?", help="an attack preset (see the table without NAME)")
+    p.add_argument(
+        "options",
+        nargs="*",
+        type=_option,
+        metavar="KEY=VALUE",
+        help="overrides, e.g. eps=0.0157 steps=50 seed=1",
+    )
+    p.set_defaults(run=_run_attacks)
+
+
+def _run_attacks(args: argparse.Namespace) -> int:
+    from .attacks import attack_preset, create_attack, list_attacks
+
+    if args.name is None:
+        print("| attack | threat model | calls per image | setting |")
+        print("|---|---|---:|---|")
+        for name in list_attacks():
+            attack = create_attack(name)
+            print(
+                f"| {name} | {attack.threat.describe()} | {attack.budget():,} | "
+                f"{attack_preset(name).summary} |"
+            )
+        return 0
+    attack = create_attack(args.name, **dict(args.options))
+    print(attack.describe())
+    print(f"model calls per image at most: {attack.budget():,}")
+    print("options: " + ", ".join(attack_preset(args.name).options))
+    return 0
+
+
+# --------------------------------------------------------------------- defenses
+def _add_defenses(sub) -> None:
+    p = sub.add_parser(
+        "defenses",
+        help="list the training defenses and their options",
+        description=(
+            "Every training objective 'robustode train --defense NAME --defense-opt KEY=VALUE' "
+            "accepts, with its options and defaults."
+        ),
+    )
+    p.set_defaults(run=_run_defenses)
+
+
+def _run_defenses(args: argparse.Namespace) -> int:
+    from .defenses import defense_entry, list_defenses
+
+    for name in list_defenses():
+        entry = defense_entry(name)
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items()) or "none"
+        print(f"{name}: {entry.summary}\n    options: {options}")
+    return 0
+
+
 # --------------------------------------------------------------------- train
 _OPTION_FLAGS = {"model_options": "--model-opt", "defense_options": "--defense-opt"}
 
@@ -320,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stability(sub)
     _add_models(sub)
     _add_train(sub)
+    _add_attacks(sub)
+    _add_defenses(sub)
     return parser
 
 

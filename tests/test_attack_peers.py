@@ -1,0 +1,66 @@
+"""Attacks on real CIFAR-10 images: against torchattacks, and on a naturally trained ResNet10.
+
+torchattacks (installed with --no-deps by scripts/setup.sh test) is the
+oracle: with matched settings, our robust accuracy must be at most 2 points
+above its own on ≥ 500 real test images (lower means stronger — allowed).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.attack_peers import (
+    peer_pairs,
+    read_cifar_batch,
+    read_cifar_subset,
+    robust_accuracy,
+    small_cnn,
+    train_small_model,
+)
+from robustode.attacks import create_attack
+from robustode.models import create_model
+
+from .cifar_subset import CIFAR_DIR
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    if not (CIFAR_DIR / "test_batch").is_file():
+        pytest.skip(f"no CIFAR-10 subset at {CIFAR_DIR} (../shared/data, or ROBUSTODE_CIFAR10_DIR)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield read_cifar_subset(CIFAR_DIR), read_cifar_batch(CIFAR_DIR / "test_batch", 500)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_model(cifar):
+    (x_train, y_train), _ = cifar
+    torch.manual_seed(0)
+    return train_small_model(small_cnn(), x_train, y_train, epochs=6)
+
+
+def test_natural_resnet10_falls_to_at_most_2_percent_under_pgd20(cifar):
+    (x_train, y_train), (x, y) = cifar
+    model = train_small_model(create_model("resnet10", width=8, seed=0), x_train, y_train, epochs=4)
+    clean = robust_accuracy(model, x, y)
+    assert clean > 0.3  # it learned real features (chance is 0.1)
+    result = create_attack("pgd20-linf", eps=8 / 255).run(model, x, y)
+    assert result.robust_accuracy <= 0.02
+    assert result.clean_accuracy == pytest.approx(clean)
+
+
+@pytest.mark.parametrize("pair", peer_pairs(), ids=lambda p: p.name)
+def test_robust_accuracy_is_at_most_2_points_above_torchattacks(pair, cifar, small_model):
+    pytest.importorskip("torchattacks")
+    _, (x, y) = cifar
+    attack = pair.ours()
+    ours = attack.run(small_model, x, y)
+    assert attack.threat.contains(ours.x_adv, x).all()
+    peer = robust_accuracy(small_model, pair.peer(small_model)(x, y), y)
+    clean = robust_accuracy(small_model, x, y)
+    assert clean - peer > 0.02, "the peer must break some points for the comparison to mean anything"
+    assert ours.robust_accuracy <= peer + 0.02, (pair.name, ours.robust_accuracy, peer)
