@@ -83,7 +83,7 @@ def test_model_config_rebuilds_the_same_model():
     config = dict(model.model_config)
     assert config["name"] == "sonet" and config["width"] == 8 and config["method"] == "rk4"
     assert config["seed"] == 3
-    again = create_model(config.pop("name"), **config)
+    again = create_model(**config)  # the name travels in the config too
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(model(x), again(x))
 

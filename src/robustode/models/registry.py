@@ -116,7 +116,7 @@ def _check_numbers(options: dict[str, Any]) -> None:
             raise ModelConfigError(f"{key} must be {what}, got {value!r}")
 
 
-def create_model(name: str, /, *, seed: int | None = None, **options: Any) -> RobustModel:
+def create_model(name: str, *, seed: int | None = None, **options: Any) -> RobustModel:
     """Build the model registered as ``name`` (see ``list_models()``) with ``options``.
 
     Common options: ``num_classes`` (10 or 100 for CIFAR), ``in_channels``
