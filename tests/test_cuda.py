@@ -90,3 +90,24 @@ def test_models_on_cuda_match_cpu(name, options):
     out.sum().backward()
     assert out.device.type == "cuda" and xg.grad is not None
     torch.testing.assert_close(out.cpu(), cpu(x), rtol=1e-9, atol=1e-9)
+
+
+def test_every_attack_preset_runs_on_cuda_inside_the_threat_model():
+    from robustode.attacks import create_attack, list_attacks
+
+    model = create_model("resnet10", width=4, seed=0).cuda().eval()
+    x = torch.rand(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (8,), device="cuda")
+    small = {"steps": 3}
+    for name in list_attacks():
+        overrides = {
+            "spsa": {"iterations": 2},
+            "square": {"queries": 20},
+            "autoattack": {},
+            "fgsm": {},
+            "cw-linf": {"steps": 3},
+        }.get(name, small)
+        attack = create_attack(name, **overrides)
+        result = attack.run(model, x, y)
+        assert result.x_adv.device.type == "cuda"
+        assert attack.threat.contains(result.x_adv, x).all(), name
