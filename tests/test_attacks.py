@@ -12,13 +12,7 @@ from torch import nn
 from robustode import attacks as A
 from robustode.attacks.apgd import checkpoints
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counting(nn.Module):

@@ -27,14 +27,7 @@ from robustode.defenses import (
 from robustode.models import create_model
 from robustode.nn.perturbation import PerturbationPoint, perturbed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------- tiny models

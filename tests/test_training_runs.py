@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from robustode.cli import main
 from robustode.train import read_metrics
@@ -30,12 +29,7 @@ RUNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("name", "model", "options", "defense"), RUNS, ids=[r[0] for r in RUNS])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, AttackInputError, ModelMode, Oracle
+from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts
 from .losses import dlr, targeted_dlr
 from .threat import Norm, ThreatModel
 
@@ -64,14 +64,11 @@ class APGD(Attack):
         super().__init__(
             ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
-        if not isinstance(steps, int) or steps < 1:
-            raise AttackInputError(f"steps must be an integer ≥ 1, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise AttackInputError(f"restarts must be an integer ≥ 1, got {restarts!r}")
+        require_counts(steps=steps, restarts=restarts)
         if loss not in ("ce", "dlr"):
             raise AttackInputError(f"APGD's loss must be 'ce' or 'dlr', got '{loss}'")
-        if targets is not None and (not isinstance(targets, int) or targets < 1):
-            raise AttackInputError(f"targets must be an integer ≥ 1, got {targets!r}")
+        if targets is not None:
+            require_counts(targets=targets)
         self.steps = steps
         self.restarts = restarts
         self.loss_name = "dlr-targeted" if targets else loss

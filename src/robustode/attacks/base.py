@@ -108,6 +108,21 @@ def model_mode(model: nn.Module, mode: ModelMode) -> Iterator[None]:
             m.training = flag
 
 
+def require_counts(**values: object) -> None:
+    """Each value must be an integer ≥ 1 (steps, restarts, queries, …)."""
+    for label, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AttackInputError(f"{label} must be an integer ≥ 1, got {value!r}")
+
+
+def require_positive(**values: object) -> None:
+    """Each value must be a finite number > 0 (step sizes, learning rates, …)."""
+    for label, value in values.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value > 0):  # type: ignore[arg-type]
+            raise AttackInputError(f"{label} must be a finite number > 0, got {value!r}")
+
+
 def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
     """One clear error for images or labels an attack cannot take."""
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle
+from .base import Attack, ModelMode, Oracle, require_counts, require_positive
 from .losses import cw_margin
 from .threat import ThreatModel
 
@@ -52,16 +52,8 @@ class CarliniWagnerLinf(Attack):
         super().__init__(
             ThreatModel("linf", eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
-        for label, value in (("steps", steps), ("search_steps", search_steps)):
-            if not isinstance(value, int) or value < 1:
-                raise AttackInputError(f"{label} must be an integer ≥ 1, got {value!r}")
-        for label, value in (
-            ("lr", lr),
-            ("initial_const", initial_const),
-            ("initial_tau", initial_tau),
-        ):
-            if not value > 0:
-                raise AttackInputError(f"{label} must be > 0, got {value!r}")
+        require_counts(steps=steps, search_steps=search_steps)
+        require_positive(lr=lr, initial_const=initial_const, initial_tau=initial_tau)
         self.steps, self.search_steps, self.lr = steps, search_steps, lr
         self.initial_const, self.initial_tau = initial_const, initial_tau
         self.tau_factor, self.const_factor, self.confidence = tau_factor, const_factor, confidence

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle
+from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts, require_positive
 from .losses import get_loss
 from .threat import Norm, ThreatModel
 
@@ -53,14 +53,10 @@ class GradientAttack(Attack):
         super().__init__(
             ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
-        if not isinstance(steps, int) or steps < 1:
-            raise AttackInputError(f"steps must be an integer ≥ 1, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise AttackInputError(f"restarts must be an integer ≥ 1, got {restarts!r}")
+        require_counts(steps=steps, restarts=restarts)
         if step_size is None:
             step_size = 2.5 * eps / steps  # Madry et al.'s rule of thumb
-        if not step_size > 0:
-            raise AttackInputError(f"step_size must be > 0, got {step_size!r}")
+        require_positive(step_size=step_size)
         if select not in ("best", "last"):
             raise AttackInputError(f"select must be 'best' or 'last', got '{select}'")
         self.steps = steps

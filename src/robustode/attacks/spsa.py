@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle
+from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts, require_positive
 from .losses import cw_margin
 from .threat import ThreatModel
 
@@ -47,12 +47,8 @@ class SPSA(Attack):
         super().__init__(
             ThreatModel("linf", eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
-        for label, value in (("iterations", iterations), ("samples", samples)):
-            if not isinstance(value, int) or value < 1:
-                raise AttackInputError(f"{label} must be an integer ≥ 1, got {value!r}")
-        for label, value in (("delta", delta), ("lr", lr)):
-            if not value > 0:
-                raise AttackInputError(f"{label} must be > 0, got {value!r}")
+        require_counts(iterations=iterations, samples=samples)
+        require_positive(delta=delta, lr=lr)
         if max_batch_size < 2 * samples:
             raise AttackInputError(
                 f"max_batch_size ({max_batch_size}) must hold at least one image's "

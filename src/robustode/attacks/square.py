@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle
+from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts
 from .losses import cw_margin
 from .threat import ThreatModel
 
@@ -53,8 +53,7 @@ class Square(Attack):
         super().__init__(
             ThreatModel("linf", eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
-        if not isinstance(queries, int) or queries < 1:
-            raise AttackInputError(f"queries must be an integer ≥ 1, got {queries!r}")
+        require_counts(queries=queries)
         if not 0 < p_init <= 1:
             raise AttackInputError(f"p_init must be in (0, 1], got {p_init!r}")
         self.queries, self.p_init = queries, p_init
