@@ -85,10 +85,11 @@ def test_every_output_lies_in_the_eps_ball_and_the_box_over_600_random_cases():
     for case in range(600):
         norm = rng.choice(["linf", "l2"])
         eps = 10 ** rng.uniform(-4, -0.5) if norm == "linf" else 10 ** rng.uniform(-3, 0.7)
-        n, c, side = rng.randint(1, 5), rng.choice([1, 3]), rng.randint(3, 8)
+        n, c = rng.randint(1, 5), rng.choice([1, 3])
+        height, width = rng.randint(3, 8), rng.randint(3, 8)
         classes = rng.randint(4, 6)
         gen = torch.Generator().manual_seed(case)
-        x = torch.rand(n, c, side, side, generator=gen)
+        x = torch.rand(n, c, height, width, generator=gen)
         # pixels exactly on the box's faces, where clipping decides
         x[torch.rand(x.shape, generator=gen) < 0.2] = 0.0
         x[torch.rand(x.shape, generator=gen) < 0.2] = 1.0
@@ -108,7 +109,23 @@ def test_every_output_lies_in_the_eps_ball_and_the_box_over_600_random_cases():
         # the attack's own calls, plus at most the clean and the final check pass
         if model.images > n * (attack.budget() + 2):
             violations.append((case, attack.describe(), "model images", model.images))
+        if any(p.grad is not None for p in model.parameters()):
+            violations.append((case, attack.describe(), "left gradients on the model"))
     assert violations == []
+
+
+def test_a_clean_misclassified_point_is_never_robust_nor_attacked():
+    """Random starts and Square's stripes can land a wrong point on a right prediction."""
+    model = _Linear2D().eval()
+    x = torch.rand(16, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:6] = (y[:6] + 1) % 4  # six points the model gets wrong
+    for attack in (A.APGDCE(steps=3), A.Square(0.01, queries=5), A.create_attack("pgd-linf")):
+        result = attack.run(model, x, y)
+        assert result.success[:6].all() and not result.clean_correct[:6].any()
+        assert (result.queries[:6] == 0).all()
+        assert torch.equal(result.x_adv[:6], x[:6])
 
 
 def test_same_seed_same_result_and_the_global_rng_untouched():

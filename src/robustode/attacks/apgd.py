@@ -78,6 +78,7 @@ class APGD(Attack):
         self.random_start = random_start
         self.early_stop = early_stop
         self.name = "apgd-t" if targets else f"apgd-{loss}"
+        self.min_classes = 4 if targets else (3 if loss == "dlr" else 2)
         self._marks = checkpoints(steps)
 
     def budget(self) -> int:
@@ -108,16 +109,10 @@ class APGD(Attack):
         if self.targets:
             with torch.no_grad():
                 clean_logits = oracle(x, all_points)
-            if clean_logits.shape[1] < 4:
-                raise AttackInputError(
-                    f"APGD-T's targeted DLR loss needs at least 4 classes, the model has "
-                    f"{clean_logits.shape[1]}; use APGD-CE instead"
-                )
             ranked = clean_logits.argsort(dim=1, descending=True)
             count = min(self.targets, clean_logits.shape[1] - 1)
             target_classes = [ranked[:, k] for k in range(1, count + 1)]
             state.update(all_points, x, clean_logits.argmax(1) != y, torch.full((n,), -math.inf))
-            extra["clean_correct"] = clean_logits.argmax(1) == y
         traces: list[torch.Tensor] = []
         for target in target_classes:
             for _ in range(self.restarts):
@@ -132,6 +127,19 @@ class APGD(Attack):
                     traces.append(full)
         loss_trace = torch.cat(traces) if trace and traces else None
         return state.x, loss_trace, extra
+
+    def _start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """AutoAttack's start: ε·t/‖t‖ with t uniform in [−1, 1] (L∞) or Gaussian (L2).
+
+        Unlike PGD's uniform-in-ball start, it lies on the ball's surface.
+        """
+        if self.threat.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+            scale = t.flatten(1).abs().amax(1)
+        else:
+            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            scale = t.flatten(1).norm(dim=1)
+        return self.threat.eps * t / scale.clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
 
     def _loss(
         self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
@@ -170,7 +178,7 @@ class APGD(Attack):
         column = torch.arange(index.numel(), device=x_all.device)
         x, y = x_all[index], y_all[index]
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        delta0 = threat.random_delta(x, generator) if self.random_start else torch.zeros_like(x)
+        delta0 = self._start(x, generator) if self.random_start else torch.zeros_like(x)
         x_adv = x + threat.project_delta(delta0, x)
         loss, grad, adv = self._evaluate(oracle, x_adv, index, y, target)
         trace[0, column] = loss
@@ -219,13 +227,12 @@ class APGD(Attack):
             s["loss_best"] = torch.where(improved, loss, s["loss_best"])
             if i + 1 in self._marks:
                 period = i + 1 - last_mark
-                oscillating = s["increases"] < self.rho * period
+                oscillating = s["increases"] <= self.rho * period  # AutoAttack's ≤
                 stalled = ~s["halved_at_mark"] & (s["loss_best"] <= s["loss_best_at_mark"])
                 halve = oscillating | stalled
                 s["eta"][halve] /= 2
                 s["x_adv"][halve] = s["x_best"][halve]
                 s["grad"][halve] = s["grad_best"][halve]
-                s["x_prev"][halve] = s["x_adv"][halve]  # no momentum across the restart
                 s["halved_at_mark"], s["loss_best_at_mark"] = halve, s["loss_best"].clone()
                 s["increases"].zero_()
                 last_mark = i + 1

@@ -162,6 +162,8 @@ class Attack:
     """
 
     name: str = "attack"
+    # fewer classes make the attack's loss meaningless (DLR needs 3, targeted DLR 4)
+    min_classes: int = 2
 
     def __init__(
         self,
@@ -203,19 +205,48 @@ class Attack:
         with model_mode(model, self.model_mode):
             for start in range(0, x.shape[0], chunk):
                 xb, yb = x[start : start + chunk], y[start : start + chunk]
-                oracle = Oracle(model, xb.shape[0], x.device)
-                x_adv, loss_trace, extra = self._attack(oracle, xb, yb, generator, trace)
-                # Re-project once more: float rounding must never leave the threat model.
-                x_adv = self.threat.project(x_adv.detach(), xb)
-                with torch.no_grad():
-                    pred = model(x_adv).argmax(1)
-                    clean = extra.pop("clean_correct", None)
-                    if clean is None:
-                        clean = model(xb).argmax(1) == yb
-                parts.append(
-                    AttackResult(x_adv, pred != yb, clean, oracle.queries, loss_trace, extra)
-                )
+                parts.append(self._run_chunk(model, xb, yb, generator, trace))
         return _concat(parts, x, y)
+
+    def _run_chunk(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        trace: bool,
+    ) -> AttackResult:
+        """Attack the clean-correct points of one chunk (AutoAttack/RobustBench protocol).
+
+        A point misclassified on its clean image is not robust whatever the
+        attack returns; it is neither attacked nor charged any model calls.
+        """
+        with torch.no_grad():
+            logits = model(x)
+        if logits.dim() == 2 and logits.shape[1] < self.min_classes:
+            raise AttackInputError(
+                f"{self.name} needs at least {self.min_classes} classes, the model has "
+                f"{logits.shape[1]}"
+            )
+        clean = logits.argmax(1) == y
+        todo = torch.nonzero(clean).squeeze(1)
+        x_adv = x.clone()
+        queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        loss_trace, extra = None, {}
+        if todo.numel():
+            oracle = Oracle(model, todo.numel(), x.device)
+            found, sub_trace, extra = self._attack(oracle, x[todo], y[todo], generator, trace)
+            # Re-project once more: float rounding must never leave the threat model.
+            x_adv[todo] = self.threat.project(found.detach(), x[todo])
+            queries[todo] = oracle.queries
+            if sub_trace is not None:
+                loss_trace = torch.full(
+                    (sub_trace.shape[0], x.shape[0]), float("nan"), device=x.device
+                )
+                loss_trace[:, todo] = sub_trace.float()
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+        return AttackResult(x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra)
 
     # ------------------------------------------------------------- subclass
     def _attack(
@@ -226,7 +257,7 @@ class Attack:
         generator: torch.Generator,
         trace: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-        """Return (x_adv, loss trace or None, extras); may put ``clean_correct`` in extras."""
+        """Attack clean-correct points; return (x_adv, loss trace or None, extras)."""
         raise NotImplementedError
 
 

@@ -98,8 +98,8 @@ class CarliniWagnerLinf(Attack):
                     distance = (x_cur - x).abs().flatten(1)
                     excess = (distance - tau[:, None]).clamp_min(0).sum(1)
                     objective = const * margin.clamp_min(-self.confidence) + excess
-                    optimiser.zero_grad(set_to_none=True)
-                    objective.sum().backward()
+                    # gradient for w only: the model's parameters must not collect any
+                    (w.grad,) = torch.autograd.grad(objective.sum(), w)
                 optimiser.step()
                 adv = logits.detach().argmax(1) != y
                 dist = distance.detach().amax(1)

@@ -64,6 +64,7 @@ class GradientAttack(Attack):
         self.random_start = bool(random_start)
         self.restarts = restarts
         self.loss_name = loss
+        self.min_classes = 3 if loss == "dlr" else 2
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
         self.select = select

@@ -97,8 +97,8 @@ class Square(Attack):
                 break
             m = idx.numel()
             x_cur, x_best_cur = x[idx], x_best[idx]
-            p = square_fraction(self.p_init, query, self.queries)
-            s = min(max(round(math.sqrt(p * h * w)), 1), h - 1)
+            p = square_fraction(self.p_init, query - 1, self.queries)  # AutoAttack counts from 0
+            s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
             vh = torch.randint(0, h - s + 1, (m, 1, 1, 1), generator=generator, device=x.device)
             vw = torch.randint(0, w - s + 1, (m, 1, 1, 1), generator=generator, device=x.device)
             window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)

@@ -70,7 +70,19 @@ class ThreatModel:
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x_adv`` moved into the threat model around ``x`` (see :meth:`project_delta`)."""
-        return (x + self.project_delta(x_adv - x, x)).clamp(self.lower, self.upper)
+        out = (x + self.project_delta(x_adv - x, x)).clamp(self.lower, self.upper)
+        if self.norm == "l2":
+            # x + δ rounds each pixel to float precision; at small ε the rounding alone can
+            # push ‖x_adv − x‖ past ε, so shrink the few such points until it does not
+            for attempt in range(10):
+                norm = _flat_norm(out - x)
+                over = norm > self.eps
+                if not over.any():
+                    break
+                margin = 1 - 1e-5 * 4**attempt
+                shrink = torch.where(over, self.eps / norm * margin, torch.ones_like(norm))
+                out = (x + (out - x) * shrink).clamp(self.lower, self.upper)
+        return out
 
     def random_delta(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A start uniform in the ε-ball (before box clipping).
