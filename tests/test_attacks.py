@@ -265,6 +265,7 @@ def test_autoattack_preset_says_fab_t_is_left_out():
     report = A.ensemble_report(attack.run(model, x, y), title="autoattack")
     assert "FAB-T is not implemented" in report
     assert [a.name for a in attack.attacks] == ["apgd-ce", "apgd-t", "square"]
+    assert [a.name for a in A.create_attack("standard").attacks] == ["apgd-ce", "apgd-t", "square"]
 
 
 def test_early_stop_does_not_change_which_points_are_broken():

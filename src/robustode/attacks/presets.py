@@ -143,6 +143,15 @@ _PRESETS["autoattack"] = AttackPreset(
 )
 
 
+_PRESETS["standard"] = AttackPreset(
+    "standard",
+    "the same as autoattack (AutoAttack's name for its standard version)",
+    _autoattack,
+    {},
+    ("eps", "seed", "batch_size"),
+)
+
+
 def list_attacks() -> list[str]:
     """Preset names, in the order they are listed in ``robustode attacks``."""
     return list(_PRESETS)
