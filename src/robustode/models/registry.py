@@ -116,7 +116,9 @@ def _check_numbers(options: dict[str, Any]) -> None:
             raise ModelConfigError(f"{key} must be {what}, got {value!r}")
 
 
-def create_model(name: str, *, seed: int | None = None, **options: Any) -> RobustModel:
+def create_model(
+    name: str | None = None, /, *, seed: int | None = None, **options: Any
+) -> RobustModel:
     """Build the model registered as ``name`` (see ``list_models()``) with ``options``.
 
     Common options: ``num_classes`` (10 or 100 for CIFAR), ``in_channels``
@@ -128,9 +130,16 @@ def create_model(name: str, *, seed: int | None = None, **options: Any) -> Robus
     ``activation``, ``norm``, and for SONet's classifier ``classifier_z0``
     and ``activation_placement``); every ODE block of the model gets them.
 
-    ``seed`` builds the weights under ``torch.manual_seed(seed)`` without
+    ``name`` may also come as a keyword, so ``create_model(**model.model_config)``
+    rebuilds a model. ``seed`` builds the weights under ``torch.manual_seed(seed)`` without
     disturbing the caller's random state.
     """
+    if name is None:  # create_model(**model.model_config): the name travels as a key
+        if "name" not in options:
+            raise ModelConfigError(
+                f"create_model needs a model name; choose one of: {', '.join(list_models())}"
+            )
+        name = options.pop("name")
     entry = model_entry(name)
     accepted = entry.accepted_options()
     unknown = sorted(set(options) - set(accepted))
