@@ -86,7 +86,9 @@ class PeerPair:
     settings: str
 
 
-def peer_pairs(*, square_queries: int = 1000, spsa_iterations: int = 20) -> list[PeerPair]:
+def peer_pairs(
+    *, square_queries: int = 1000, spsa_iterations: int = 20, apgdt_targets: int = 9
+) -> list[PeerPair]:
     """Matched settings for each attack the issue compares (robustode vs torchattacks 3.5.1)."""
     import torchattacks as TA
 
@@ -112,9 +114,9 @@ def peer_pairs(*, square_queries: int = 1000, spsa_iterations: int = 20) -> list
         ),
         PeerPair(
             "APGD-T",
-            lambda: A.APGDT("linf", e, steps=100, targets=9),
-            lambda m: TA.APGDT(m, norm="Linf", eps=e, steps=100, n_classes=10),
-            "ε 2/255, 100 iterations, 9 targets",
+            lambda: A.APGDT("linf", e, steps=100, targets=apgdt_targets),
+            lambda m: TA.APGDT(m, norm="Linf", eps=e, steps=100, n_classes=apgdt_targets + 1),
+            f"ε 2/255, 100 iterations, {apgdt_targets} targets",
         ),
         PeerPair(
             "Square",

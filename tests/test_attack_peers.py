@@ -53,10 +53,11 @@ def test_natural_resnet10_falls_to_at_most_2_percent_under_pgd20(cifar):
     assert result.clean_accuracy == pytest.approx(clean)
 
 
-# Square and SPSA run with smaller budgets than benchmarks/bench_attacks.py (1000 queries,
-# 20 iterations) to fit CI: torchattacks' SPSA alone takes minutes at the full setting.
+# Square, SPSA and APGD-T run with smaller budgets than benchmarks/bench_attacks.py (1000
+# queries, 20 iterations, 9 targets) to fit CI: torchattacks' SPSA alone takes minutes at the
+# full setting.
 @pytest.mark.parametrize(
-    "pair", peer_pairs(square_queries=500, spsa_iterations=5), ids=lambda p: p.name
+    "pair", peer_pairs(square_queries=500, spsa_iterations=5, apgdt_targets=3), ids=lambda p: p.name
 )
 def test_robust_accuracy_is_at_most_2_points_above_torchattacks(pair, cifar, small_model):
     pytest.importorskip("torchattacks")
