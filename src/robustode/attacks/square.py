@@ -7,8 +7,9 @@ and is halved on AutoAttack's schedule (iterations 10, 50, 200, 500, 1000,
 2000, 4000, 6000, 8000 of 10 000, rescaled to the query budget). Only points
 still classified correctly are queried. Budget: ``queries`` calls per point.
 
-Windows and signs are drawn per image and applied with masks, so the whole
-batch moves in one forward pass per query (no per-image Python loop).
+Windows and signs are drawn per image and applied by gather/scatter of the
+window's pixels, so the whole batch moves in one forward pass per query with
+no per-image Python loop and no full-image masks.
 """
 
 from __future__ import annotations
@@ -89,8 +90,6 @@ class Square(Attack):
         loss_trace = torch.full((self.queries, n), float("nan"), device=x.device) if trace else None
         if loss_trace is not None:
             loss_trace[0] = -margin
-        rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
-        cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
         for query in range(1, self.queries):
             idx = torch.nonzero(~adv).squeeze(1)
             if idx.numel() == 0:
@@ -99,21 +98,26 @@ class Square(Attack):
             x_cur, x_best_cur = x[idx], x_best[idx]
             p = square_fraction(self.p_init, query - 1, self.queries)  # AutoAttack counts from 0
             s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
-            vh = torch.randint(0, h - s + 1, (m, 1, 1, 1), generator=generator, device=x.device)
-            vw = torch.randint(0, w - s + 1, (m, 1, 1, 1), generator=generator, device=x.device)
-            window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
-            values = eps * self._signs((m, c, 1, 1), generator, x.device).to(x.dtype)
+            vh = torch.randint(0, h - s + 1, (m, 1, 1), generator=generator, device=x.device)
+            vw = torch.randint(0, w - s + 1, (m, 1, 1), generator=generator, device=x.device)
+            offsets = torch.arange(s, device=x.device)
+            # flat pixel indices of each image's window, gathered per channel: all the work
+            # below touches c·s² values per image, not c·h·w
+            window = ((vh + offsets.view(1, s, 1)) * w + vw + offsets.view(1, 1, s)).flatten(1)
+            window = window[:, None, :].expand(m, c, s * s)
+            cur_window = x_cur.flatten(2).gather(2, window)
+            best_window = x_best_cur.flatten(2).gather(2, window)
+            values = eps * self._signs((m, c, 1), generator, x.device).to(x.dtype)
+            proposal = (cur_window + values).clamp(0, 1)
             # re-draw signs for images whose window would not change (the original's loop)
             for _ in range(10):
-                proposal = (x_cur + values).clamp(0, 1)
-                same = ((proposal - x_best_cur).abs() < 1e-7) | ~window
-                unchanged = same.flatten(1).all(1)
+                unchanged = ((proposal - best_window).abs() < 1e-7).flatten(1).all(1)
                 if not unchanged.any():
                     break
-                redraw = self._signs((m, c, 1, 1), generator, x.device).to(x.dtype) * eps
-                values = torch.where(unchanged.view(-1, 1, 1, 1), redraw, values)
-            delta = torch.where(window, values, x_best_cur - x_cur)
-            x_new = (x_cur + delta.clamp(-eps, eps)).clamp(0, 1)
+                redraw = eps * self._signs((m, c, 1), generator, x.device).to(x.dtype)
+                values = torch.where(unchanged.view(-1, 1, 1), redraw, values)
+                proposal = (cur_window + values).clamp(0, 1)
+            x_new = x_best_cur.flatten(2).scatter(2, window, proposal).view_as(x_cur)
             logits = oracle(x_new, idx)
             margin_new = -cw_margin(logits, y[idx])
             if loss_trace is not None:
