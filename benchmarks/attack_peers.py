@@ -7,7 +7,6 @@ a test/benchmark oracle only, never a robustode dependency.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustode import attacks as A
+from robustode.data import load_dataset
 
 # ε where an undefended small model keeps a measurable robust accuracy, so the
 # comparison can tell a weak attack from a strong one (at 8/255 both give 0 %).
@@ -24,18 +24,12 @@ EPS_LINF = 2 / 255
 EPS_L2 = 0.1
 
 
-def read_cifar_batch(path: Path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [0, 1] (NCHW float32) and labels of one official CIFAR-10 batch file."""
-    with path.open("rb") as f:
-        batch = pickle.load(f, encoding="latin1")  # the shared subset: a trusted local file
-    data = batch["data"][:n] if n else batch["data"]
-    labels = batch["labels"][:n] if n else batch["labels"]
-    return torch.tensor(data).view(-1, 3, 32, 32).float() / 255, torch.tensor(labels)
-
-
-def read_cifar_subset(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+def read_cifar(folder: Path, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] (NCHW float32) and labels of a CIFAR-10 split, the first ``n`` if given."""
+    data = load_dataset("cifar10", split=split, root=folder)
+    if n is not None:
+        data = data.subset(n)
+    return data.float_images(), data.labels
 
 
 def small_cnn() -> nn.Module:

@@ -21,8 +21,7 @@ import torch
 
 from .attack_peers import (
     peer_pairs,
-    read_cifar_batch,
-    read_cifar_subset,
+    read_cifar,
     robust_accuracy,
     small_cnn,
     train_small_model,
@@ -39,8 +38,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x_train, y_train = read_cifar_subset(args.data)
-    x, y = read_cifar_batch(args.data / "test_batch", args.images)
+    x_train, y_train = read_cifar(args.data, "train")
+    x, y = read_cifar(args.data, "test", args.images)
     torch.manual_seed(0)
     model = train_small_model(small_cnn(), x_train, y_train, epochs=6)
     clean = robust_accuracy(model, x, y)

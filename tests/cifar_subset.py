@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
+
+from robustode.data import load_dataset
 
 # ../shared/data from the project root, or wherever ROBUSTODE_CIFAR10_DIR points
 CIFAR_DIR = Path(
@@ -19,13 +20,10 @@ CIFAR_DIR = Path(
 
 
 def cifar_train_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of data_batch_1 in [0, 1], NCHW float32, with labels."""
-    path = CIFAR_DIR / "data_batch_1"
-    if not path.is_file():
+    """The first ``n`` training images (data_batch_1's) in [0, 1], NCHW float32, with labels."""
+    if not (CIFAR_DIR / "data_batch_1").is_file():
         pytest.skip(
             f"no CIFAR-10 subset at {CIFAR_DIR} (../shared/data, or set ROBUSTODE_CIFAR10_DIR)"
         )
-    with path.open("rb") as f:
-        batch = pickle.load(f, encoding="latin1")
-    x = torch.tensor(batch["data"][:n]).view(-1, 3, 32, 32).float() / 255
-    return x, torch.tensor(batch["labels"][:n])
+    data = load_dataset("cifar10", split="train", root=CIFAR_DIR).subset(n)
+    return data.float_images(), data.labels

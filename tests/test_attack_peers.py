@@ -11,8 +11,7 @@ import pytest
 import torch
 from benchmarks.attack_peers import (
     peer_pairs,
-    read_cifar_batch,
-    read_cifar_subset,
+    read_cifar,
     robust_accuracy,
     small_cnn,
     train_small_model,
@@ -32,7 +31,7 @@ def cifar():
         pytest.skip(f"no CIFAR-10 subset at {CIFAR_DIR} (../shared/data, or ROBUSTODE_CIFAR10_DIR)")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield read_cifar_subset(CIFAR_DIR), read_cifar_batch(CIFAR_DIR / "test_batch", 500)
+    yield read_cifar(CIFAR_DIR, "train"), read_cifar(CIFAR_DIR, "test", 500)
     torch.set_num_threads(threads)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts
+from .base import Attack, AttackInputError, BestIterate, ModelMode, Oracle, require_counts
 from .losses import dlr, targeted_dlr
 from .threat import Norm, ThreatModel
 
@@ -103,7 +103,7 @@ class APGD(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         n = x.shape[0]
         all_points = torch.arange(n, device=x.device)
-        state = _Best(x)
+        state = BestIterate(x)
         extra: dict[str, Any] = {}
         target_classes: list[torch.Tensor | None] = [None]
         if self.targets:
@@ -166,7 +166,7 @@ class APGD(Attack):
         index: torch.Tensor,
         target: torch.Tensor | None,
         generator: torch.Generator,
-        state: _Best,
+        state: BestIterate,
     ) -> torch.Tensor:
         """One APGD run on the points ``index``; returns its (steps + 1, len(index)) loss trace.
 
@@ -237,25 +237,6 @@ class APGD(Attack):
                 s["increases"].zero_()
                 last_mark = i + 1
         return trace
-
-
-class _Best:
-    """The per-point best iterate over every run: adversarial first, then highest loss."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x.clone()
-        self.adv = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
-
-    def update(
-        self, index: torch.Tensor, x_k: torch.Tensor, adv: torch.Tensor, loss: torch.Tensor
-    ) -> None:
-        prev_adv, prev_loss = self.adv[index], self.loss[index]
-        better = (adv & ~prev_adv) | ((adv == prev_adv) & (loss.to(prev_loss) > prev_loss))
-        chosen = index[better]
-        self.x[chosen] = x_k[better].detach()
-        self.adv[chosen] = adv[better]
-        self.loss[chosen] = loss.to(prev_loss)[better]
 
 
 class APGDCE(APGD):

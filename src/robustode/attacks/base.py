@@ -68,8 +68,11 @@ class Oracle:
         self.model = model
         self.queries = torch.zeros(n, dtype=torch.long, device=device)
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Logits of ``x``, whose rows are the points ``index`` of the batch under attack."""
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """Logits of ``x``, whose rows are ``copies`` consecutive rows per point of ``index``.
+
+        ``copies`` > 1 serves query-based attacks that probe each point many times in one pass.
+        """
         logits = self.model(x)
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise AttackError(
@@ -81,14 +84,6 @@ class Oracle:
                 "the model returned non-finite logits during the attack; "
                 "a robustness number computed from them would be meaningless"
             )
-        self.queries.index_add_(0, index, torch.ones_like(index))
-        return logits
-
-    def repeated(self, x: torch.Tensor, index: torch.Tensor, copies: int) -> torch.Tensor:
-        """Logits of ``x`` holding ``copies`` rows per point of ``index`` (query-based attacks)."""
-        logits = self.model(x)
-        if not torch.isfinite(logits).all():
-            raise AttackError("the model returned non-finite logits during the attack")
         self.queries.index_add_(0, index, torch.full_like(index, copies))
         return logits
 
@@ -106,6 +101,29 @@ def model_mode(model: nn.Module, mode: ModelMode) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+class BestIterate:
+    """Per point, the best iterate seen so far: an adversarial one first, then the highest loss.
+
+    Returning this instead of the last iterate is what makes an attack return
+    an adversarial point it passed through (REFERENCE.md's first peer defect).
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.adv = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+
+    def update(
+        self, index: torch.Tensor, x_k: torch.Tensor, adv: torch.Tensor, loss: torch.Tensor
+    ) -> None:
+        prev_adv, prev_loss = self.adv[index], self.loss[index]
+        better = (adv & ~prev_adv) | ((adv == prev_adv) & (loss.to(prev_loss) > prev_loss))
+        chosen = index[better]
+        self.x[chosen] = x_k[better].detach()
+        self.adv[chosen] = adv[better]
+        self.loss[chosen] = loss.to(prev_loss)[better]
 
 
 def require_counts(**values: object) -> None:

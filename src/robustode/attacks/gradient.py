@@ -22,7 +22,15 @@ from typing import Any, Literal
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts, require_positive
+from .base import (
+    Attack,
+    AttackInputError,
+    BestIterate,
+    ModelMode,
+    Oracle,
+    require_counts,
+    require_positive,
+)
 from .losses import get_loss
 from .threat import Norm, ThreatModel
 
@@ -104,16 +112,14 @@ class GradientAttack(Attack):
         trace: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         n = x.shape[0]
-        best_x = x.clone()
-        best_adv = torch.zeros(n, dtype=torch.bool, device=x.device)
-        best_loss = torch.full((n,), float("-inf"), device=x.device)
+        best = BestIterate(x)
         last_x = x.clone()
         iterations = self.restarts * (self.steps + 1)
         loss_trace = torch.full((iterations, n), float("nan"), device=x.device) if trace else None
         row = 0
         for _ in range(self.restarts):
             active = (
-                torch.nonzero(~best_adv).squeeze(1)
+                torch.nonzero(~best.adv).squeeze(1)
                 if self.early_stop
                 else torch.arange(n, device=x.device)
             )
@@ -130,13 +136,7 @@ class GradientAttack(Attack):
                 loss_d = loss.detach().float()
                 if loss_trace is not None:
                     loss_trace[row + k, active] = loss_d
-                # lexicographic (adversarial, loss): an adversarial iterate always wins
-                prev_adv, prev_loss = best_adv[active], best_loss[active]
-                better = (adv & ~prev_adv) | ((adv == prev_adv) & (loss_d > prev_loss))
-                chosen = active[better]
-                best_x[chosen] = x_k.detach()[better]
-                best_adv[chosen] = adv[better]
-                best_loss[chosen] = loss_d[better]
+                best.update(active, x_k, adv, loss_d)
                 last_x[active] = x_k.detach()
                 if k == self.steps:
                     break
@@ -148,7 +148,7 @@ class GradientAttack(Attack):
                     if active.numel() == 0:
                         break
             row += self.steps + 1
-        x_out = best_x if self.select == "best" else last_x
+        x_out = best.x if self.select == "best" else last_x
         return x_out, loss_trace, {}
 
 

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackInputError, ModelMode, Oracle, require_counts, require_positive
+from .base import (
+    Attack,
+    AttackInputError,
+    BestIterate,
+    ModelMode,
+    Oracle,
+    require_counts,
+    require_positive,
+)
 from .losses import cw_margin
 from .threat import ThreatModel
 
@@ -81,7 +89,7 @@ class SPSA(Attack):
             )
             v = (2 * signs - 1).to(xs.dtype)
             probes = xs[:, None] + self.delta * torch.cat([v, -v], dim=1)  # (m, 2S, …)
-            logits = oracle.repeated(
+            logits = oracle(
                 probes.flatten(0, 1), index[start : start + per_chunk], 2 * self.samples
             )
             margins = -cw_margin(logits, ys.repeat_interleave(2 * self.samples))
@@ -102,13 +110,11 @@ class SPSA(Attack):
         n = x.shape[0]
         delta = torch.zeros_like(x, requires_grad=True)
         optimiser = torch.optim.Adam([delta], lr=self.lr)
-        best_x = x.clone()
-        broken = torch.zeros(n, dtype=torch.bool, device=x.device)
-        best_margin = torch.full((n,), float("inf"), device=x.device)
+        best = BestIterate(x)  # loss = −margin: adversarial first, then the lowest margin
         loss_trace = torch.full((self.iterations + 1, n), float("nan"), device=x.device)
         everyone = torch.arange(n, device=x.device)
         for k in range(self.iterations + 1):
-            active = torch.nonzero(~broken).squeeze(1) if self.early_stop else everyone
+            active = torch.nonzero(~best.adv).squeeze(1) if self.early_stop else everyone
             if active.numel() == 0:
                 break
             with torch.no_grad():
@@ -116,12 +122,7 @@ class SPSA(Attack):
                 margin = -cw_margin(oracle(x_cur, active), y[active])
                 loss_trace[k, active] = -margin.float()
                 adv = margin < 0
-                better = (adv & ~broken[active]) | (
-                    (adv == broken[active]) & (margin < best_margin[active])
-                )
-                chosen = active[better]
-                best_x[chosen], best_margin[chosen] = x_cur[better], margin[better]
-                broken[chosen] |= adv[better]
+                best.update(active, x_cur, adv, -margin)
                 if self.early_stop:
                     active, x_cur = active[~adv], x_cur[~adv]
                 if active.numel() == 0 or k == self.iterations:
@@ -132,4 +133,4 @@ class SPSA(Attack):
             optimiser.step()
             with torch.no_grad():
                 delta.copy_(self.threat.project_delta(delta, x))
-        return best_x, (loss_trace if trace else None), {}
+        return best.x, (loss_trace if trace else None), {}
