@@ -8,14 +8,31 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` via ``path.tmp``, fsync and an atomic rename.
+
+    A crash leaves either the old file or the new one, never half of one; a
+    failed write removes its temporary file and raises one ``OSError`` line.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -23,3 +40,14 @@ def write_json_atomic(obj: Any, path: Path) -> None:
         if tmp.parent.is_dir():
             tmp.unlink(missing_ok=True)
         raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically, creating its folder if needed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    write_bytes_atomic((json.dumps(obj, indent=2) + "\n").encode(), path)

@@ -76,6 +76,9 @@ class GradientAttack(Attack):
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
         self.select = select
+        # training's configuration reads neither the best iterate nor which points broke:
+        # skip that bookkeeping and its host syncs on the hot path
+        self._track_best = select == "best" or self.early_stop
 
     def budget(self) -> int:
         return self.restarts * (self.steps + 1)
@@ -136,7 +139,8 @@ class GradientAttack(Attack):
                 loss_d = loss.detach().float()
                 if loss_trace is not None:
                     loss_trace[row + k, active] = loss_d
-                best.update(active, x_k, adv, loss_d)
+                if self._track_best:
+                    best.update(active, x_k, adv, loss_d)
                 last_x[active] = x_k.detach()
                 if k == self.steps:
                     break

@@ -26,7 +26,7 @@ from torch import nn
 from ..attacks.base import ModelMode, Oracle, check_inputs, model_mode
 from ..attacks.gradient import GradientAttack
 from . import options as opt
-from .base import Stats, register_defense
+from .base import Stats, correct, register_defense
 
 # A seed range every torch.Generator accepts.
 _SEED_RANGE = 2**62
@@ -143,11 +143,6 @@ def trades_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor) -> torch.T
         F.log_softmax(logits_adv, dim=1), F.softmax(logits_natural, dim=1), reduction="sum"
     )
     return kl_sum / logits_natural.shape[0]
-
-
-def correct(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """How many rows of ``logits`` predict ``y``, as a float (a stats entry)."""
-    return float((logits.detach().argmax(1) == y).sum().item())
 
 
 def eval_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

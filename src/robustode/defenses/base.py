@@ -19,6 +19,11 @@ from torch import nn
 Stats = dict[str, float]
 
 
+def correct(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """How many rows of ``logits`` predict ``y``, as a float (a stats entry)."""
+    return float((logits.detach().argmax(1) == y).sum().item())
+
+
 class DefenseConfigError(ValueError):
     """An unknown defense name or an option value a defense cannot take."""
 

@@ -41,13 +41,12 @@ from . import options as opt
 from .adversarial import (
     TradesAttack,
     TrainingAttack,
-    correct,
     eval_correct,
     make_pgd_attack,
     make_trades_attack,
     trades_kl,
 )
-from .base import DefenseConfigError, Stats, register_defense
+from .base import DefenseConfigError, Stats, correct, register_defense
 
 BASES = ("natural", "pgd_at", "trades")
 SCHEMES = ("lie_trotter", "strang_marchuk")

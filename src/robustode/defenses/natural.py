@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Stats, register_defense
+from .base import Stats, correct, register_defense
 
 
 class NaturalTraining:
@@ -19,8 +19,7 @@ class NaturalTraining:
     ) -> tuple[torch.Tensor, Stats]:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        correct = (logits.detach().argmax(1) == y).sum().item()
-        return loss, {"loss": loss.item(), "train_correct": float(correct)}
+        return loss, {"loss": loss.item(), "train_correct": correct(logits, y)}
 
     def __repr__(self) -> str:
         return "NaturalTraining()"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .. import __version__
-from ..io import write_json_atomic
+from ..io import fsync_dir, write_bytes_atomic, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -70,34 +69,6 @@ def names(epoch: int) -> tuple[str, str, str]:
 
 
 # ------------------------------------------------------------------------ writing
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. a platform without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` via ``path.tmp``, fsync and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    _fsync_dir(path.parent)
-
-
 def _cpu(t: torch.Tensor) -> torch.Tensor:
     # a copy: safetensors refuses tensors that share storage, and the caller trains on
     return t.detach().to("cpu", copy=True).contiguous()
@@ -167,7 +138,7 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint) -> Path:
     }
     write_json_atomic(meta, folder / meta_name)
     write_json_atomic({"epoch": checkpoint.epoch, "checkpoint": meta_name}, folder / LATEST)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     checkpoint.path = folder / meta_name
     return checkpoint.path
 
@@ -313,8 +284,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch
     else:
         model_config = _model_config_of(path)
         state = load_file(str(path))
-    options = dict(model_config)
-    name = options.pop("name")
-    model = create_model(name, **options)
+    model = create_model(**model_config)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

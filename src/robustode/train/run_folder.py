@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json_atomic
+from ..io import write_bytes_atomic, write_json_atomic
 from .checkpoint import CHECKPOINT_DIR, LATEST
 from .config import ConfigError, TrainConfig, field_names
 
@@ -140,9 +140,4 @@ def truncate_metrics(run_dir: Path, epoch: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_bytes_atomic("".join(json.dumps(r) + "\n" for r in kept).encode(), path)
