@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.perturbation import PerturbationFn, perturbation_modules, perturbed
+from ..nn.perturbation import perturbed
 from . import options as opt
 from .adversarial import (
     TradesAttack,
@@ -112,13 +112,6 @@ def lad_sm_offsets(grads: Sequence[torch.Tensor], eta: float) -> list[torch.Tens
     return offsets
 
 
-def enclosing_perturbation(model: nn.Module) -> PerturbationFn | None:
-    """The perturbation already in effect at ``model``'s points (e.g. training noise), if any."""
-    for point in perturbation_modules(model):
-        return point.fn
-    return None
-
-
 def record_point_gradients(
     model: nn.Module,
     x: torch.Tensor,
@@ -137,13 +130,10 @@ def record_point_gradients(
     logits (LAD with TRADES reuses them in the KL term).
     """
     opt.require_points(defense, model)
-    outer = enclosing_perturbation(model)
     names: list[str] = []
     acts: list[torch.Tensor] = []
 
     def keep(name: str, h: torch.Tensor) -> torch.Tensor:
-        if outer is not None:
-            h = outer(name, h)
         if name in names:
             raise DefenseConfigError(
                 f"{defense}: perturbation point '{name}' was reached twice in one forward pass; "
@@ -153,7 +143,7 @@ def record_point_gradients(
         acts.append(h)
         return h
 
-    with torch.enable_grad(), perturbed(model, keep):
+    with torch.enable_grad(), perturbed(model, keep, after_enclosing=True):
         logits = model(x)
     loss = F.cross_entropy(logits, y)
     grads = torch.autograd.grad(loss, acts, retain_graph=retain_graph, allow_unused=True)
@@ -167,14 +157,11 @@ def forward_with_offsets(
     model: nn.Module, x: torch.Tensor, offsets: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """LAD's pass 2: logits with ``offsets[name]`` added at each point (after enclosing noise)."""
-    outer = enclosing_perturbation(model)
 
     def shift(name: str, h: torch.Tensor) -> torch.Tensor:
-        if outer is not None:
-            h = outer(name, h)
         return h + offsets[name]
 
-    with perturbed(model, shift):
+    with perturbed(model, shift, after_enclosing=True):
         return model(x)
 
 

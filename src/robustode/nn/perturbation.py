@@ -84,10 +84,14 @@ def perturbation_points(model: nn.Module) -> list[str]:
 
 
 @contextmanager
-def perturbed(model: nn.Module, fn: PerturbationFn) -> Iterator[None]:
+def perturbed(
+    model: nn.Module, fn: PerturbationFn, *, after_enclosing: bool = False
+) -> Iterator[None]:
     """Run ``model`` with ``fn`` applied at every perturbation point.
 
-    Contexts nest: the innermost one acts, and leaving any context removes
+    Contexts nest: the innermost one acts — or, with ``after_enclosing``, the
+    perturbation already in effect acts first and ``fn`` sees its output (LAD
+    recording and shifting activations under training noise). Leaving any context removes
     exactly its own function, even when contexts are left out of order.
     Perturbing one model instance from several threads at once is not
     supported (the points are shared state, like any module attribute).
@@ -100,6 +104,13 @@ def perturbed(model: nn.Module, fn: PerturbationFn) -> Iterator[None]:
             f"{type(model).__name__} has no perturbation points; models from "
             "robustode.models.create_model expose them (see docs/models.md)"
         )
+    enclosing = points[0].active[-1] if after_enclosing and points[0].active else None
+    if enclosing is not None:
+        inner = fn
+
+        def fn(name: str, h: torch.Tensor) -> torch.Tensor:
+            return inner(name, enclosing(name, h))
+
     token = _Active(fn)
     for point in points:
         point.active.append(token)
