@@ -26,7 +26,7 @@ from torch import nn
 from ..attacks.base import ModelMode, Oracle, check_inputs, model_mode
 from ..attacks.gradient import GradientAttack
 from . import options as opt
-from .base import Stats, correct, register_defense
+from .base import Stats, correct, register_defense, to_stats
 
 # A seed range every torch.Generator accepts.
 _SEED_RANGE = 2**62
@@ -145,7 +145,7 @@ def trades_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor) -> torch.T
     return kl_sum / logits_natural.shape[0]
 
 
-def eval_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def eval_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Correct clean predictions in eval mode without gradients (no BN statistics touched)."""
     with model_mode(model, "eval"), torch.no_grad():
         return correct(model(x), y)
@@ -176,11 +176,13 @@ class PGDTraining:
         x_adv = self.adversarial_examples(model, x, y)
         logits_adv = model(x_adv)
         loss = F.cross_entropy(logits_adv, y)
-        return loss, {
-            "loss": loss.item(),
-            "train_correct": eval_correct(model, x, y),
-            "adv_correct": correct(logits_adv, y),
-        }
+        return loss, to_stats(
+            {
+                "loss": loss,
+                "train_correct": eval_correct(model, x, y),
+                "adv_correct": correct(logits_adv, y),
+            }
+        )
 
     def __repr__(self) -> str:
         return f"PGDTraining({self.attack.describe()}, attack in {self.attack.model_mode} mode)"
@@ -216,13 +218,15 @@ class TRADES:
         ce = F.cross_entropy(logits_nat, y)
         kl = trades_kl(logits_nat, logits_adv)
         loss = ce + self.beta * kl
-        return loss, {
-            "loss": loss.item(),
-            "train_correct": correct(logits_nat, y),
-            "adv_correct": correct(logits_adv, y),
-            "ce": ce.item(),
-            "kl": kl.item(),
-        }
+        return loss, to_stats(
+            {
+                "loss": loss,
+                "train_correct": correct(logits_nat, y),
+                "adv_correct": correct(logits_adv, y),
+                "ce": ce,
+                "kl": kl,
+            }
+        )
 
     def __repr__(self) -> str:
         return f"TRADES(β={self.beta:g}, {self.attack.describe()})"

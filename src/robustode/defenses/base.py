@@ -19,9 +19,23 @@ from torch import nn
 Stats = dict[str, float]
 
 
-def correct(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """How many rows of ``logits`` predict ``y``, as a float (a stats entry)."""
-    return float((logits.detach().argmax(1) == y).sum().item())
+def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many rows of ``logits`` predict ``y``: a 0-d tensor, read with the other stats."""
+    return (logits.detach().argmax(1) == y).sum().float()
+
+
+def to_stats(values: dict[str, torch.Tensor | float]) -> Stats:
+    """A defense's stats as floats, copied from the device in one transfer.
+
+    One ``.item()`` per number would stall the host once per number per batch.
+    """
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    read = dict.fromkeys(values, 0.0)
+    read.update({k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)})
+    if tensors:
+        flat = torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist()
+        read.update(zip(tensors, flat, strict=True))
+    return read
 
 
 class DefenseConfigError(ValueError):

@@ -46,7 +46,7 @@ from .adversarial import (
     make_trades_attack,
     trades_kl,
 )
-from .base import DefenseConfigError, Stats, correct, register_defense
+from .base import DefenseConfigError, Stats, correct, register_defense, to_stats
 
 BASES = ("natural", "pgd_at", "trades")
 SCHEMES = ("lie_trotter", "strang_marchuk")
@@ -223,7 +223,7 @@ class LayerwiseAdversarialDefense:
         with torch.no_grad():
             ce = F.cross_entropy(logits1, y)
             ratio = _norm(offsets) / _norm(acts).clamp_min(1e-12)
-        stats: Stats = {"ce": ce.item(), "lad_ce": lad_ce.item(), "offset_ratio": ratio.item()}
+        stats: dict[str, torch.Tensor] = {"ce": ce, "lad_ce": lad_ce, "offset_ratio": ratio}
         if self.base == "natural":
             loss = lad_ce
             stats["train_correct"] = correct(logits1, y)
@@ -238,9 +238,9 @@ class LayerwiseAdversarialDefense:
             loss = self.gamma * ce_nat + (1 - self.gamma) * lad_ce + self.beta * kl
             stats["train_correct"] = correct(logits_nat, y)
             stats["adv_correct"] = correct(logits1, y)
-            stats["kl"] = kl.item()
-        stats["loss"] = loss.item()
-        return loss, stats
+            stats["kl"] = kl
+        stats["loss"] = loss
+        return loss, to_stats(stats)
 
     def __repr__(self) -> str:
         extra = ""

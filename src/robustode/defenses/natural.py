@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Stats, correct, register_defense
+from .base import Stats, correct, register_defense, to_stats
 
 
 class NaturalTraining:
@@ -19,7 +19,7 @@ class NaturalTraining:
     ) -> tuple[torch.Tensor, Stats]:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "train_correct": correct(logits, y)}
+        return loss, to_stats({"loss": loss, "train_correct": correct(logits, y)})
 
     def __repr__(self) -> str:
         return "NaturalTraining()"
