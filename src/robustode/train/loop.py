@@ -298,8 +298,9 @@ def evaluate(
     eval mode, no gradients; each rank evaluates its slice and the counts are summed."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.float64)
-    loss = torch.zeros((), dtype=torch.float64)
+    # sums stay on the device: one transfer after the loop, not a host sync per batch
+    correct: torch.Tensor | float = 0.0
+    loss: torch.Tensor | float = 0.0
     total = 0
     try:
         for x, y in loader:
@@ -309,8 +310,8 @@ def evaluate(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast or contextlib.nullcontext():
                 logits = model(x)
-            correct += (logits.argmax(1) == y).sum().cpu()
-            loss += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
+            correct = correct + (logits.argmax(1) == y).sum().double()
+            loss = loss + F.cross_entropy(logits.float(), y, reduction="sum").double()
             total += len(y)
     finally:
         model.train(was_training)
