@@ -232,16 +232,32 @@ class TRADES:
         return f"TRADES(β={self.beta:g}, {self.attack.describe()})"
 
 
-def make_pgd_attack(
-    defense: str, eps: Any, step_size: Any, steps: Any, random_start: Any, attack_mode: Any
+def _make_attack(
+    cls: type[TrainingAttack],
+    defense: str,
+    eps: Any,
+    step_size: Any,
+    steps: Any,
+    attack_mode: Any,
+    **extra: Any,
 ) -> TrainingAttack:
-    """A checked :class:`TrainingAttack` (each bad value is one DefenseConfigError)."""
-    return TrainingAttack(
+    """``cls`` with checked options (each bad value is one DefenseConfigError)."""
+    return cls(
         opt.radius(defense, "eps", eps),
         steps=opt.positive_int(defense, "steps", steps),
         step_size=opt.positive(defense, "step_size", step_size),
-        random_start=opt.flag(defense, "random_start", random_start),
         model_mode=opt.choice(defense, "attack_mode", attack_mode, ("eval", "train")),  # type: ignore[arg-type]
+        **extra,
+    )
+
+
+def make_pgd_attack(
+    defense: str, eps: Any, step_size: Any, steps: Any, random_start: Any, attack_mode: Any
+) -> TrainingAttack:
+    """A checked :class:`TrainingAttack`."""
+    start = opt.flag(defense, "random_start", random_start)
+    return _make_attack(
+        TrainingAttack, defense, eps, step_size, steps, attack_mode, random_start=start
     )
 
 
@@ -249,12 +265,7 @@ def make_trades_attack(
     defense: str, eps: Any, step_size: Any, steps: Any, attack_mode: Any
 ) -> TradesAttack:
     """A checked :class:`TradesAttack`."""
-    return TradesAttack(
-        opt.radius(defense, "eps", eps),
-        steps=opt.positive_int(defense, "steps", steps),
-        step_size=opt.positive(defense, "step_size", step_size),
-        model_mode=opt.choice(defense, "attack_mode", attack_mode, ("eval", "train")),  # type: ignore[arg-type]
-    )
+    return _make_attack(TradesAttack, defense, eps, step_size, steps, attack_mode)  # type: ignore[return-value]
 
 
 @register_defense("pgd_at", summary="Madry et al. PGD-AT: CE on the last L∞ PGD iterate")
