@@ -279,6 +279,26 @@ def test_early_stop_does_not_change_which_points_are_broken():
     assert fast.queries.sum() < full.queries.sum()
 
 
+def test_one_long_pgd_run_gives_every_shorter_runs_robust_accuracy():
+    """Without random start PGD-k is a prefix of PGD-K: first_adversarial predicts each PGD-k."""
+    model = _Linear2D().eval()
+    x = torch.rand(48, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 4, (48,), generator=torch.Generator().manual_seed(4))
+    kwargs = {"step_size": 0.004, "random_start": False}
+    long = A.PGD("linf", 0.04, steps=30, **kwargs).run(model, x, y)
+    first = long.first_adversarial
+    assert first is not None and first.shape == (48,)
+    assert torch.equal(first >= 0, long.success)
+    assert (first[~long.clean_correct] == 0).all()
+    seen = set()
+    for k in (1, 3, 7, 15, 30):
+        short = A.PGD("linf", 0.04, steps=k, batch_size=20, **kwargs).run(model, x, y)
+        predicted = (first >= 0) & (first <= k)
+        assert torch.equal(short.success, predicted), k
+        seen.add(int(predicted.sum()))
+    assert len(seen) > 2  # the curve moves, so the comparison means something
+
+
 def test_presets_carry_the_papers_settings():
     pgd = A.create_attack("pgd20-linf")
     assert (pgd.threat.eps, pgd.step_size, pgd.steps, pgd.random_start) == (0.031, 0.003, 20, False)

@@ -46,6 +46,7 @@ class AttackResult:
     queries: torch.Tensor
     loss_trace: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    first_adversarial: torch.Tensor | None = None
 
     @property
     def robust(self) -> torch.Tensor:
@@ -250,13 +251,17 @@ class Attack:
         todo = torch.nonzero(clean).squeeze(1)
         x_adv = x.clone()
         queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        loss_trace, extra = None, {}
+        loss_trace, extra, first = None, {}, None
         if todo.numel():
             oracle = Oracle(model, todo.numel(), x.device)
             found, sub_trace, extra = self._attack(oracle, x[todo], y[todo], generator, trace)
             # Re-project once more: float rounding must never leave the threat model.
             x_adv[todo] = self.threat.project(found.detach(), x[todo])
             queries[todo] = oracle.queries
+            sub_first = extra.pop("first_adversarial", None)
+            if sub_first is not None:
+                first = torch.where(clean, -1, 0).to(device=x.device, dtype=torch.long)
+                first[todo] = sub_first
             if sub_trace is not None:
                 loss_trace = torch.full(
                     (sub_trace.shape[0], x.shape[0]), float("nan"), device=x.device
@@ -264,7 +269,7 @@ class Attack:
                 loss_trace[:, todo] = sub_trace.float()
         with torch.no_grad():
             pred = model(x_adv).argmax(1)
-        return AttackResult(x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra)
+        return AttackResult(x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra, first)
 
     # ------------------------------------------------------------- subclass
     def _attack(
@@ -294,6 +299,8 @@ def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> Atta
             pad = torch.full((length - t.shape[0], t.shape[1]), float("nan"), device=t.device)  # type: ignore[union-attr]
             padded.append(torch.cat([t, pad]))  # type: ignore[list-item]
         trace = torch.cat(padded, dim=1)
+    firsts = [p.first_adversarial for p in parts]
+    first = torch.cat(firsts) if all(f is not None for f in firsts) else None  # type: ignore[arg-type]
     return AttackResult(
         torch.cat([p.x_adv for p in parts]),
         torch.cat([p.success for p in parts]),
@@ -301,4 +308,5 @@ def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> Atta
         torch.cat([p.queries for p in parts]),
         trace,
         parts[0].extra,
+        first,
     )

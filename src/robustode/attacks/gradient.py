@@ -117,6 +117,7 @@ class GradientAttack(Attack):
         n = x.shape[0]
         best = BestIterate(x)
         last_x = x.clone()
+        first_adv = torch.full((n,), -1, dtype=torch.long, device=x.device)
         iterations = self.restarts * (self.steps + 1)
         loss_trace = torch.full((iterations, n), float("nan"), device=x.device) if trace else None
         row = 0
@@ -137,6 +138,8 @@ class GradientAttack(Attack):
                     loss = self.loss(logits, y_a)
                 adv = logits.detach().argmax(1) != y_a
                 loss_d = loss.detach().float()
+                seen = first_adv[active]
+                first_adv[active] = torch.where(adv & (seen < 0), row + k, seen)
                 if loss_trace is not None:
                     loss_trace[row + k, active] = loss_d
                 if self._track_best:
@@ -153,7 +156,7 @@ class GradientAttack(Attack):
                         break
             row += self.steps + 1
         x_out = best.x if self.select == "best" else last_x
-        return x_out, loss_trace, {}
+        return x_out, loss_trace, {"first_adversarial": first_adv}
 
 
 class PGD(GradientAttack):
