@@ -6,6 +6,13 @@ other attacks of both papers and AutoAttack; ``create_attack(name)`` gives
 the papers' settings by name.
 """
 
+from .adaptive import (
+    SUBSTITUTES,
+    SolverSubstitute,
+    SolverSubstitution,
+    has_ode_blocks,
+    substitute_solver,
+)
 from .apgd import APGD, APGDCE, APGDT
 from .base import Attack, AttackError, AttackInputError, AttackResult, model_mode
 from .carlini_wagner import CarliniWagnerLinf
@@ -27,6 +34,7 @@ __all__ = [
     "NORMS",
     "PGD",
     "SPSA",
+    "SUBSTITUTES",
     "Attack",
     "AttackEnsemble",
     "AttackError",
@@ -35,6 +43,8 @@ __all__ = [
     "CWMarginPGD",
     "CarliniWagnerLinf",
     "GradientAttack",
+    "SolverSubstitute",
+    "SolverSubstitution",
     "Square",
     "ThreatModel",
     "attack_preset",
@@ -43,8 +53,10 @@ __all__ = [
     "cw_margin",
     "dlr",
     "ensemble_report",
+    "has_ode_blocks",
     "largest_other_logit",
     "list_attacks",
     "model_mode",
+    "substitute_solver",
     "targeted_dlr",
 ]

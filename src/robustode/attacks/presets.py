@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adaptive import SUBSTITUTES, SolverSubstitution
 from .apgd import APGDCE, APGDT
 from .base import Attack, AttackInputError
 from .carlini_wagner import CarliniWagnerLinf
@@ -150,6 +151,30 @@ _PRESETS["standard"] = AttackPreset(
     {},
     ("eps", "seed", "batch_size"),
 )
+
+
+def _adaptive(base: str) -> Callable[..., Attack]:
+    def build(
+        *, substitute: str = "fixed", substitute_steps: int = 16, tighten: float = 100.0, **options
+    ) -> Attack:
+        return SolverSubstitution(
+            _PRESETS[base].create(**options), substitute, steps=substitute_steps, tighten=tighten
+        )
+
+    return build
+
+
+# Solver substitution (SONet §6 made adaptive): the base preset's settings, gradients from a
+# substitute solver; the forward pass and the verdict stay on the deployed solver.
+for _base in ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "cw-margin-linf", "apgd-ce"):
+    _PRESETS[f"adaptive-{_base}"] = AttackPreset(
+        f"adaptive-{_base}",
+        f"{_base} with gradients through a substitute solver (substitute: "
+        f"{' | '.join(SUBSTITUTES)}; default fixed = rk4, 16 steps); ODE models only",
+        _adaptive(_base),
+        {},
+        ("substitute", "substitute_steps", "tighten", *_PRESETS[_base].options),
+    )
 
 
 def list_attacks() -> list[str]:

@@ -1,0 +1,185 @@
+"""Adaptive attacks for ODE models: the deployed solver's outputs, a substitute's gradients.
+
+SONet §6 found that adaptive solvers at a large tolerance (dopri5, tol 0.1)
+mask gradients: the step sizes chosen for x depend on x, and differentiating
+through that choice (or through one coarse, batch-shared step grid) gives an
+input gradient that points nowhere useful. The attack here keeps the model's
+outputs exactly as deployed — success is judged on the deployed solver — and
+takes the gradient from a substitute solve of the same weights, in the manner
+of BPDA (Athalye et al., 2018):
+
+    logits = deployed(x).detach() + substitute(x) − substitute(x).detach()
+
+so ``logits`` has the deployed values and the substitute's gradient. Any
+gradient attack runs on :class:`SolverSubstitute` unchanged;
+:class:`SolverSubstitution` wraps one so it is called like any other attack.
+
+Substitutes (``SUBSTITUTES``):
+
+- ``fixed``: rk4 (3/8 rule) on a fine fixed grid (``steps`` steps over [0, t1]);
+- ``tight``: the deployed method at a tolerance ``tighten`` times smaller;
+- ``per_sample``: the deployed method with per-sample step control, so no
+  image's steps depend on its batch-mates;
+- ``detached``: the deployed method with the step-size choice detached from
+  the graph (torchdiffeq differentiates through the first step's choice).
+
+Each model call costs two forward passes (deployed and substitute) while a
+gradient is needed and one otherwise; ``queries`` counts calls, not passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn.ode_block import ODEBlock
+from ..ode import SolverConfig
+from .base import Attack, AttackInputError, AttackResult
+
+SUBSTITUTES = ("fixed", "tight", "per_sample", "detached")
+
+
+def ode_blocks(model: nn.Module) -> list[ODEBlock]:
+    """Every ODE block of ``model``, in module order (any ``nn.Module``, not only ours)."""
+    return [m for m in model.modules() if isinstance(m, ODEBlock)]
+
+
+def has_ode_blocks(model: nn.Module) -> bool:
+    return bool(ode_blocks(model))
+
+
+def substitute_solver(
+    solver: SolverConfig, kind: str = "fixed", *, steps: int = 16, tighten: float = 100.0
+) -> SolverConfig:
+    """The substitute of one block's deployed ``solver`` (see the module docstring)."""
+    if kind == "fixed":
+        if steps < 1:
+            raise AttackInputError(f"steps of the fixed-grid substitute must be ≥ 1, got {steps}")
+        return solver.replace(
+            method="rk4", step_size=solver.t1 / steps, step_control="batch", detach_step_size=None
+        )
+    if not solver.adaptive:
+        # a fixed-step solver has no step control to substitute: its gradient is already exact
+        return solver
+    if kind == "tight":
+        if not tighten > 1:
+            raise AttackInputError(f"tighten must be > 1, got {tighten}")
+        return solver.replace(rtol=solver.rtol / tighten, atol=solver.atol / tighten)
+    if kind == "per_sample":
+        return solver.replace(step_control="per_sample", backend="native")
+    if kind == "detached":
+        return solver.replace(detach_step_size=True, backend="native")
+    raise AttackInputError(f"unknown substitute '{kind}'; choose one of: {', '.join(SUBSTITUTES)}")
+
+
+@contextlib.contextmanager
+def solvers_replaced(blocks: list[ODEBlock], solvers: list[SolverConfig]) -> Iterator[None]:
+    """Run with each block's solver swapped for the given one; the deployed ones come back."""
+    deployed = [block.solver for block in blocks]
+    try:
+        for block, solver in zip(blocks, solvers, strict=True):
+            block.solver = solver
+        yield
+    finally:
+        for block, solver in zip(blocks, deployed, strict=True):
+            block.solver = solver
+
+
+class SolverSubstitute(nn.Module):
+    """``model`` whose outputs come from its deployed solvers and whose input gradient comes
+    from substitute solvers (BPDA-style straight-through; see the module docstring).
+
+    The wrapped model's parameters are shared, not copied; its solvers are swapped only for
+    the duration of the substitute pass and always restored.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        substitute: str = "fixed",
+        *,
+        steps: int = 16,
+        tighten: float = 100.0,
+    ) -> None:
+        super().__init__()
+        blocks = ode_blocks(model)
+        if not blocks:
+            raise AttackInputError(
+                f"{type(model).__name__} has no ODE blocks; solver substitution needs a model "
+                "that integrates an ODE"
+            )
+        self.model = model
+        self.substitute = substitute
+        self._blocks = blocks
+        self._substitutes = [
+            substitute_solver(b.solver, substitute, steps=steps, tighten=tighten) for b in blocks
+        ]
+
+    def describe(self) -> str:
+        return f"{self.substitute}: " + ", ".join(s.describe() for s in self._substitutes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return self.model(x)  # no gradient wanted: the deployed model alone
+        with torch.no_grad():
+            deployed = self.model(x)
+        with solvers_replaced(self._blocks, self._substitutes):
+            surrogate = self.model(x)
+        return deployed.detach() + (surrogate - surrogate.detach())
+
+
+class SolverSubstitution(Attack):
+    """Any attack, run with its gradients through a substitute solver (SONet §6, adaptive).
+
+    ``SolverSubstitution(PGD("linf", 8/255, steps=20), "fixed")(model, x, y)``.
+    Success is judged on the deployed model: the substitute only steers the attack.
+    """
+
+    def __init__(
+        self,
+        attack: Attack,
+        substitute: str = "fixed",
+        *,
+        steps: int = 16,
+        tighten: float = 100.0,
+    ) -> None:
+        if not isinstance(attack, Attack):
+            raise AttackInputError(
+                f"SolverSubstitution wraps an Attack, got {type(attack).__name__}"
+            )
+        if substitute not in SUBSTITUTES:
+            raise AttackInputError(
+                f"unknown substitute '{substitute}'; choose one of: {', '.join(SUBSTITUTES)}"
+            )
+        super().__init__(
+            attack.threat,
+            seed=attack.seed,
+            model_mode=attack.model_mode,
+            batch_size=attack.batch_size,
+        )
+        self.attack = attack
+        self.substitute = substitute
+        self.steps = steps
+        self.tighten = tighten
+        self.min_classes = attack.min_classes
+        self.name = f"{attack.name}+{substitute}"
+
+    def budget(self) -> int:
+        return self.attack.budget()
+
+    def describe(self) -> str:
+        grid = f" ({self.steps} rk4 steps)" if self.substitute == "fixed" else ""
+        return f"{self.attack.describe()}; gradients via the {self.substitute} substitute{grid}"
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
+    ) -> AttackResult:
+        wrapped = SolverSubstitute(model, self.substitute, steps=self.steps, tighten=self.tighten)
+        return self.attack.run(wrapped, x, y, trace=trace)
+
+    def options(self) -> dict[str, Any]:
+        return {"substitute": self.substitute, "steps": self.steps, "tighten": self.tighten}
