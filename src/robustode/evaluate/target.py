@@ -1,0 +1,167 @@
+"""What an evaluation command points at: a run folder or a checkpoint, and its test data.
+
+``robustode evaluate | audit | steps`` take ``RUN_DIR|CHECKPOINT``. A run
+folder (or a checkpoint's ``.json``) knows which dataset it was trained on;
+a bare weights ``.safetensors`` file does not, so the data must be named.
+The test images are the **first n of the test split, in order**
+(RobustBench protocol), as float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import load_dataset
+from ..train.checkpoint import CHECKPOINT_DIR, CheckpointError, find_checkpoint, read_checkpoint
+
+
+@dataclass
+class Target:
+    """A loaded model (eval mode) and where its test data comes from."""
+
+    model: nn.Module
+    model_config: dict[str, Any]
+    source: Path
+    run_dir: Path | None
+    data: str | None
+    data_dir: str | None
+    data_seed: int
+    weights_sha256: str
+
+    def default_out_dir(self, command: str) -> Path:
+        """``RUN_DIR/<command>`` for a run folder, else ``<stem>-<command>/`` beside the file."""
+        if self.run_dir is not None:
+            return self.run_dir / command
+        return self.source.with_name(f"{self.source.stem}-{command}")
+
+    def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test images in order (all if None): float32 in [0, 1], int64 labels,
+        on the model's device."""
+        if self.data is None:
+            raise ValueError(
+                f"{self.source} does not say which dataset it was trained on; pass --data "
+                "(cifar10, cifar100, digits or npz) and --data-dir"
+            )
+        data = load_dataset(self.data, split="test", root=self.data_dir, seed=self.data_seed)
+        if n is not None:
+            if n < 1:
+                raise ValueError(f"n must be ≥ 1, got {n}")
+            data = data.subset(min(n, len(data)))
+        device = next(self.model.parameters()).device
+        return data.float_images().to(device), data.labels.to(device)
+
+
+def _sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_target(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    data: str | None = None,
+    data_dir: str | None = None,
+    data_seed: int | None = None,
+) -> Target:
+    """Load ``path`` — a run folder, a checkpoint ``.json`` or a weights ``.safetensors`` —
+    with the model rebuilt by ``create_model`` in eval mode. ``data``/``data_dir`` override
+    (or, for a bare weights file, supply) the dataset the run was trained on."""
+    from safetensors.torch import load_file
+
+    from ..models import create_model
+    from ..train.checkpoint import _model_config_of
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; give a run folder or a checkpoint file")
+    run_dir: Path | None = None
+    config: dict[str, Any] = {}
+    if path.is_dir():
+        folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+        checkpoint = find_checkpoint(folder)
+        if checkpoint is None:
+            raise CheckpointError(f"{path} holds no checkpoint")
+        run_dir = path if folder != path else path.parent
+        state, model_config, config = (
+            checkpoint.model_state,
+            checkpoint.model_config,
+            checkpoint.config,
+        )
+    elif path.suffix == ".json":
+        checkpoint = read_checkpoint(path)
+        state, model_config, config = (
+            checkpoint.model_state,
+            checkpoint.model_config,
+            checkpoint.config,
+        )
+    elif path.suffix == ".safetensors":
+        model_config = _model_config_of(path)
+        state = load_file(str(path))
+    else:
+        raise ValueError(f"{path} is neither a run folder nor a checkpoint (.json or .safetensors)")
+    model = create_model(**model_config)
+    model.load_state_dict(state, strict=True)
+    model = model.to(device).eval()
+    seed = config.get("data_seed", 0) if data_seed is None else data_seed
+    return Target(
+        model=model,
+        model_config=dict(model_config),
+        source=path,
+        run_dir=run_dir,
+        data=data or config.get("data"),
+        data_dir=data_dir if data_dir is not None else config.get("data_dir"),
+        data_seed=int(seed),
+        weights_sha256=_sha256(state),
+    )
+
+
+def add_target_arguments(parser: Any, *, n_default: int | None = 1000) -> None:
+    """The arguments every evaluation command shares: PATH, --data, --data-dir, --n,
+    --device, --out, --overwrite."""
+    parser.add_argument(
+        "path",
+        type=Path,
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a run folder (its latest checkpoint), a checkpoint .json or a weights .safetensors",
+    )
+    parser.add_argument(
+        "--data", help="dataset (default: the run's own; required for a bare .safetensors)"
+    )
+    parser.add_argument("--data-dir", help="the dataset's folder (default: the run's own)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=n_default,
+        metavar="N",
+        help=f"the first N test images, in order (default: {n_default or 'all'})",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:K or auto (default: cpu)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: RUN_DIR/<command>, or beside the file)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results already in the output folder that came from other settings",
+    )
+
+
+def target_from_args(args: Any) -> Target:
+    """Load the target the shared arguments name (``--device auto`` picks CUDA when present)."""
+    from ..train.distributed import resolve_device
+
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be ≥ 1, got {args.n}")
+    return load_target(
+        args.path, device=resolve_device(args.device), data=args.data, data_dir=args.data_dir
+    )
