@@ -442,10 +442,17 @@ def _add_steps(sub) -> None:
 
 
 def _run_steps(args: argparse.Namespace) -> int:
-    from .evaluate.steps import format_table, plot_steps, step_study, studies_to_dict
+    from .evaluate.steps import (
+        find_ode_blocks,
+        format_table,
+        plot_steps,
+        step_study,
+        studies_to_dict,
+    )
     from .evaluate.target import target_from_args
 
     target = target_from_args(args)
+    find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
     x, y = target.test_images(args.n)
     out = args.out if args.out is not None else target.default_out_dir("steps")
     settings = {
