@@ -290,3 +290,18 @@ def test_cli_model_without_ode_blocks(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("robustode: error:") and "no ODE blocks" in err and "\n" not in err
     assert not (run / "steps").exists()
+
+
+def test_random_start_trajectory_keeps_the_clean_row_clean():
+    model = _soblock()
+    x, y = _batch()
+    iterates = pgd_trajectory(
+        model, x, y, [1], TrajectorySettings.from_attack("pgd-linf", eps=0.05)
+    )
+    assert not torch.equal(iterates[0], x)  # the random start
+    assert (iterates[0] - x).abs().max() <= 0.05 + 1e-6
+    study = step_study(model, x, y, iterations=(1,), attack="pgd-linf", per_image=False)
+    with torch.no_grad():
+        model(x)
+    assert study.blocks[0]["batch"][0]["grid"] == _record_grid(model.stem)
+    assert "random start" in study.attack["description"]

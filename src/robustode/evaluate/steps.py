@@ -188,7 +188,8 @@ def pgd_trajectory(
 
     x_{k+1} = Proj(x_k + α·direction(∇ Σ loss(f(x_k), y))) with the attack's threat model,
     step α, loss and start; no early stop, no best-iterate selection. The model runs in
-    eval mode (its flags are restored afterwards)."""
+    eval mode (its flags are restored afterwards); entry 0 is the start (x without a random
+    start)."""
     from ..attacks import model_mode
 
     iterations = _check_iterations(iterations)
@@ -333,6 +334,7 @@ def step_study(
     with solver_tolerance(model, tol), model_mode(model, "eval"):
         solvers = [(name, b.solver) for name, b in blocks]
         iterates = pgd_trajectory(model, x, y, iterations, settings)
+        iterates[0] = x.detach()  # the clean row is the image itself, even after a random start
         ks = [0, *iterations]
         batch: dict[int, list[list[dict[str, Any]]]] = {}
         accuracy: dict[int, float] = {}
