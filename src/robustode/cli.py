@@ -374,6 +374,139 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- steps
+def _number_list(cast, what: str):
+    """An argparse type: comma-separated numbers, each checked by ``_number``."""
+
+    def parse(text: str):
+        one = _number(cast, 0.0, False, what)
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s")
+        try:
+            return [one(p) for p in parts]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {what}s, got '{text}'"
+            ) from None
+
+    return parse
+
+
+def _add_steps(sub) -> None:
+    from .evaluate.target import add_target_arguments
+
+    p = sub.add_parser(
+        "steps",
+        help="SONet Table 3: the adaptive step grids of the ODE blocks along a PGD trajectory",
+        description=(
+            "Run PGD (the attack's ε, step and loss; no early stop, no best-iterate selection) "
+            "on the first N test images and print, for every ODE block, the accepted time grid "
+            "(step starts, then t1) on the clean batch and after each of ITERATIONS steps, with "
+            "NFE, rejected steps and how far the grid moved. With --per-image every image is "
+            "also evaluated alone, giving the spread of step sizes across images and "
+            "perturbations. --tol reruns the study with the blocks' tolerance changed, as Table "
+            "3 does. Writes steps.json and steps.png to the output folder."
+        ),
+    )
+    add_target_arguments(p, n_default=16)
+    p.add_argument(
+        "--iterations",
+        type=_number_list(int, "positive integer"),
+        default=[1, 100, 1000],
+        metavar="K,K,…",
+        help="PGD iterations at which to read the grids (default: 1,100,1000)",
+    )
+    p.add_argument(
+        "--attack",
+        default="pgd1000-linf",
+        help="gradient-attack preset the trajectory follows (default: pgd1000-linf, SONet's "
+        "ε 0.031, step 0.003, no random start); its step count is not used",
+    )
+    p.add_argument("--eps", type=_positive_float, help="override the attack's ε")
+    p.add_argument("--step-size", type=_positive_float, help="override the attack's step size")
+    p.add_argument(
+        "--tol",
+        type=_number_list(float, "positive number"),
+        metavar="TOL,TOL,…",
+        help="rerun the study with rtol = atol = TOL on every adaptive block, once per value, "
+        "e.g. 0.1,0.01,0.001 (default: the model's own tolerance)",
+    )
+    p.add_argument(
+        "--per-image",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate every image alone for the spread across images (default: on)",
+    )
+    p.set_defaults(run=_run_steps)
+
+
+def _run_steps(args: argparse.Namespace) -> int:
+    from .evaluate.steps import (
+        find_ode_blocks,
+        format_table,
+        plot_steps,
+        step_study,
+        studies_to_dict,
+    )
+    from .evaluate.target import target_from_args
+
+    target = target_from_args(args)
+    find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
+    x, y = target.test_images(args.n)
+    out = args.out if args.out is not None else target.default_out_dir("steps")
+    settings = {
+        "source": str(target.source),
+        "weights_sha256": target.weights_sha256,
+        "data": target.data,
+        "n": int(x.shape[0]),
+        "iterations": sorted(set(args.iterations)),
+        "attack": args.attack,
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "tol": args.tol,
+        "per_image": args.per_image,
+    }
+    existing = out / "steps.json"
+    if existing.exists() and not args.overwrite:
+        try:
+            previous = json.loads(existing.read_text()).get("settings")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous != settings:
+            raise ValueError(
+                f"{existing} holds results of other settings; pass --overwrite to replace them "
+                "or --out to write elsewhere"
+            )
+    print(
+        f"steps: {x.shape[0]} image(s), PGD to {max(args.iterations)} iterations"
+        + (f", tol {', '.join(f'{t:g}' for t in args.tol)}" if args.tol else "")
+        + " ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    studies = [
+        step_study(
+            target.model,
+            x,
+            y,
+            iterations=args.iterations,
+            attack=args.attack,
+            eps=args.eps,
+            step_size=args.step_size,
+            per_image=args.per_image,
+            tol=tol,
+        )
+        for tol in (args.tol or [None])
+    ]
+    print(format_table(studies))
+    write_json_atomic(studies_to_dict(studies, settings=settings), existing)
+    plot_steps(studies, out / "steps.png")
+    seconds = sum(s.seconds for s in studies)
+    print(f"\nwrote {existing} and {out / 'steps.png'} ({seconds:.1f} s)")
+    return 0
+
+
 # --------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -388,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_attacks(sub)
     _add_defenses(sub)
+    _add_steps(sub)
     return parser
 
 
