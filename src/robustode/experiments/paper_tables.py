@@ -308,7 +308,7 @@ def _lad_rows(
         else:
             defense = {"defense": base, "defense_options": {}}
         if base == "pgd_at" and not lad:
-            defense["defense_options"] = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}
+            defense["defense_options"] = dict(_PGD_AT)
         if base == "trades" and not lad:
             defense["defense_options"] = {"beta": 6.0, "eps": 8 / 255, "step_size": 2 / 255}
         if "noise" in method:
@@ -335,6 +335,7 @@ def _lad_rows(
 
 
 _AVG = Column("avg", "Avg")
+_PGD_AT = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}  # LAD §4.2: α 2/255, 10 steps
 _KEYS_SMALL = ("clean", "fgsm_0.5", "fgsm_1", "ifgsm_0.5", "ifgsm_1", "avg")
 _KEYS_LARGE = ("clean", "fgsm_8", "fgsm_12", "ifgsm_8", "ifgsm_12", "avg")
 
@@ -429,16 +430,16 @@ def _lad_t5() -> PaperTable:
     rows = []
     for method, f, i in (("LAD", fgsm, ifgsm), ("LAD-SM", fgsm_sm, ifgsm_sm)):
         for eta in f:
-            defense = "lad_sm" if method == "LAD-SM" else "lad"
+            training: dict[str, Any] = {
+                "defense": "lad_sm" if method == "LAD-SM" else "lad",
+                "defense_options": {"base": "pgd_at", "eta": float(eta)},
+            }
+            if eta == 0:  # η = 0 is plain PGD training (LAD §4.5)
+                training = {"defense": "pgd_at", "defense_options": dict(_PGD_AT)}
             rows.append(
                 Row(
                     f"PGD + {method} η={eta:g}",
-                    {
-                        "model": "preact_resnet56",
-                        "data": "cifar100",
-                        "defense": defense,
-                        "defense_options": {"base": "pgd_at", "eta": float(eta)},
-                    },
+                    {"model": "preact_resnet56", "data": "cifar100", **training},
                     {"fgsm_8": f[eta], "ifgsm_8": i[eta]},
                     method,
                 )
