@@ -1,0 +1,119 @@
+"""The papers' tables as data, `robustode reproduce` at smoke scale, and the demo's report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustode.cli import main
+from robustode.experiments.demo import ATTACKS, DemoResult, DemoRow, findings, format_demo
+from robustode.experiments.paper_tables import PAPER_TABLES
+from robustode.experiments.reproduce import FULL, SMOKE, rows_at, scaled_attack, train_config
+from robustode.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_every_table_of_both_papers_has_a_preset():
+    names = set(PAPER_TABLES)
+    assert {f"sonet-t{i}" for i in range(1, 5)} <= names
+    assert {f"lad-t{i}" for i in range(1, 8)} <= names
+
+
+def test_lad_avg_column_is_the_mean_of_the_four_attacks_as_printed_in_the_paper():
+    """An independent check of the transcription: LAD's Avg is the mean of its four cells."""
+    checked = 0
+    for table in PAPER_TABLES.values():
+        if table.paper != "lad" or "avg" not in {c.key for c in table.columns}:
+            continue
+        attack_keys = [c.key for c in table.columns if c.attack]
+        for row in table.rows:
+            mean = sum(row.paper[k] for k in attack_keys) / len(attack_keys)
+            assert row.paper["avg"] == pytest.approx(mean, abs=0.011), (table.name, row.label)
+            checked += 1
+    assert checked == 38  # Tables 1, 2, 3, 4 and 7
+
+
+def test_paper_values_name_only_columns_of_their_table():
+    for table in PAPER_TABLES.values():
+        keys = {c.key for c in table.columns}
+        for row in table.rows:
+            assert set(row.paper) <= keys, (table.name, row.label)
+            if table.kind == "robustness":
+                assert row.paper, (table.name, row.label)
+
+
+@pytest.mark.parametrize("scale", [SMOKE, FULL], ids=["smoke", "full"])
+def test_every_row_builds_a_valid_training_config(scale):
+    for table in PAPER_TABLES.values():
+        for row in rows_at(table, scale):
+            config = train_config(table, row, scale, data_dir=None)
+            assert config.model == row.train["model"]
+            if scale is SMOKE:
+                data = {"digits": (1, 10)}[config.data]
+                model = create_model(
+                    config.model, in_channels=data[0], num_classes=data[1], **config.model_options
+                )
+                assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_full_scale_keeps_the_papers_recipes():
+    t2 = PAPER_TABLES["sonet-t2"]
+    config = train_config(t2, t2.rows[2], FULL, data_dir=None)
+    assert (config.epochs, config.batch_size, config.lr, config.milestones) == (
+        350,
+        100,
+        0.01,
+        (150, 300),
+    )
+    assert config.model == "wrn34_10_soblock" and config.model_options["tol"] == 0.1
+    lad = PAPER_TABLES["lad-t2"]
+    c100 = next(r for r in lad.rows if r.train["data"] == "cifar100" and "LAD-SM" in r.label)
+    config = train_config(lad, c100, FULL, data_dir=None)
+    assert (config.epochs, config.milestones, config.defense) == (300, (150, 225), "lad_sm")
+    assert config.defense_options["eta"] == 1000.0 and config.defense_options["base"] == "pgd_at"
+
+
+def test_smoke_caps_iterations_and_keeps_other_options():
+    assert scaled_attack("pgd1000-linf", SMOKE) == "pgd1000-linf:steps=100"
+    assert scaled_attack("pgd20-linf", SMOKE) == "pgd20-linf"
+    spec = "ifgsm20:steps=1000,step_size=0.0078"
+    assert scaled_attack(spec, SMOKE) == "ifgsm20:step_size=0.0078,steps=100"
+    assert scaled_attack("pgd1000-linf", FULL) == "pgd1000-linf"
+
+
+def _row(name, clean, robust, verdict="no masking detected", failed=()):
+    return DemoRow(name, name, clean, robust, verdict, list(failed), 0.0, 0.0, 0.0, "")
+
+
+def test_demo_findings_say_when_the_masking_effect_is_absent_and_when_it_appears():
+    keys = [k for k, _, _ in ATTACKS]
+    flat = dict.fromkeys(keys, 0.02)
+    absent = findings([_row("soblock-euler", 0.95, flat), _row("soblock-dopri5", 0.95, flat)])
+    assert any("does not appear" in f for f in absent)
+    masked = {**flat, "pgd20": 0.6, "pgd200": 0.5}
+    present = findings(
+        [
+            _row("soblock-euler", 0.95, flat),
+            _row("soblock-dopri5", 0.95, masked, "masked", ["solver_substitution"]),
+        ]
+    )
+    assert any("apparent robustness" in f for f in present)
+    assert any("overstates" in f for f in present)
+    assert any("masked" in f and "solver_substitution" in f for f in present)
+    text = format_demo(
+        DemoResult([_row("resnet10-pgd", 0.9, {**flat, "adaptive": None})], None, 1.0, [])
+    )
+    assert "| resnet10-pgd | 90.0 |" in text and "n/a" in text
+
+
+def test_reproduce_list_and_bad_table(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "sonet-t2" in out and "lad-t7" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", "sonet-t9"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sonet-t9" in err[0]
