@@ -30,7 +30,8 @@ EPS_CURVE_STEPS = 20
 
 
 def prefix_attack_steps(spec: AttackSpec) -> int | None:
-    """K if ``spec`` is an L∞ PGD on cross-entropy without random start (one restart), else None:
+    """K if ``spec`` is an L∞ PGD (K ≥ 2) on cross-entropy without random start (one restart),
+    else None:
     the attacks whose ``first_adversarial`` gives every PGD-k with k ≤ K."""
     attack = spec.create()
     if not isinstance(attack, GradientAttack):
@@ -40,6 +41,7 @@ def prefix_attack_steps(spec: AttackSpec) -> int | None:
         and not attack.random_start
         and attack.restarts == 1
         and attack.loss_name == "ce"
+        and attack.steps >= 2  # FGSM's single step is no curve
     )
     return attack.steps if ok else None
 
@@ -109,7 +111,7 @@ def steps_curve(first_adversarial: torch.Tensor, steps: int) -> list[dict[str, A
     rows = []
     for k in grid:
         robust = (first < 0) | (first > k)
-        rows.append({"steps": k, "robust_accuracy": robust.float().mean().item()})
+        rows.append({"steps": k, "robust_accuracy": int(robust.sum()) / robust.numel()})
     return rows
 
 

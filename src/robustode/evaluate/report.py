@@ -104,7 +104,7 @@ def build_report(
                 "attacks": ids,
                 "points": n,
                 "robust_points": int(robust.sum()),
-                "robust_accuracy": robust.float().mean().item(),
+                "robust_accuracy": int(robust.sum()) / n,
             }
         )
     clean = first.clean_correct
@@ -121,7 +121,7 @@ def build_report(
         "batch_size": config["batch_size"],
         "seed": config["seed"],
         "inputs_sha256": config["inputs_sha256"],
-        "clean_accuracy": clean.float().mean().item(),
+        "clean_accuracy": int(clean.sum()) / n,
         "attacks": rows,
         "worst_case": worst,
         "curves": curves,

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from ..attacks import Attack, attack_preset, create_attack
+from ..attacks import Attack, GradientAttack, attack_preset, create_attack
 from ..io import write_json_atomic
 from ..train.distributed import DistContext
 from .curves import DEFAULT_EPS_GRID, CurvePlan, plan_curves, steps_curve
@@ -134,6 +134,8 @@ def _run_batch(
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - started
     first = result.first_adversarial
+    if first is None and isinstance(attack, GradientAttack) and not result.clean_correct.any():
+        first = torch.zeros_like(result.queries)  # nothing to attack: every point broken at 0
     members = result.extra.get("per_attack")
     return {
         "success": result.success.int().cpu().tolist(),
@@ -359,7 +361,8 @@ def _curves(plan: CurvePlan, points: dict[str, PointResults]) -> dict[str, Any]:
                     "eps": eps,
                     "eps_255": eps * 255,
                     "attack": spec.id,
-                    "robust_accuracy": points[spec.id].robust.float().mean().item(),
+                    "robust_accuracy": int(points[spec.id].robust.sum())
+                    / len(points[spec.id].robust),
                 }
                 for eps, spec in plan.eps
             ],
