@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,6 +33,7 @@ from robustode.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -253,37 +257,33 @@ def test_other_settings_in_the_same_folder_are_refused(mlp, tmp_path):
     assert report.report["batch_size"] == 8
 
 
-def _shard_worker(rank: int, folder: str) -> None:
-    import torch.distributed as dist
-
-    from robustode.train.distributed import setup
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
-    ctx = setup("cpu")
-    assert ctx.world_size == 2 and ctx.rank == rank
-    model = _mlp()
-    x, y = _images(18)
-    specs = resolve_attacks(None, ["pgd20-linf", "spsa:iterations=2,samples=4"])
-    run_evaluation(
-        model, x, y, specs, f"{folder}/out", batch_size=4, ctx=ctx, curve_steps=0,
-        eps_grid=(0.02,), plots=False, meta={"weights_sha256": "w"},
-    )  # fmt: skip
-    dist.destroy_process_group()
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process(mlp, tmp_path):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_shard_worker, args=(str(tmp_path),), nprocs=2, join=True)
-    x, y = _images(18)
-    specs = resolve_attacks(None, ["pgd20-linf", "spsa:iterations=2,samples=4"])
-    one = run_evaluation(
-        _mlp(), x, y, specs, tmp_path / "one", batch_size=4, curve_steps=0, eps_grid=(0.02,),
-        plots=False, meta={"weights_sha256": "w"},
-    ).report  # fmt: skip
-    two = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert strip_timings(two) == strip_timings(json.loads(json.dumps(one)))
-    assert len(list((tmp_path / "out" / "points").rglob("batch-*.json"))) == 3 * 5
+def test_torchrun_two_gloo_processes_match_one_process(run_dir, tmp_path, capsys):
+    args = ["--num-images", "14", "--batch-size", "3", "--seed", "2", "--no-progress-bar"]
+    args += ["--attacks", "pgd20-linf,spsa:iterations=2,samples=4"]
+    args += ["--curve-steps", "0", "--eps-grid", "4"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["-m", "robustode", "evaluate", str(run_dir), "--out", str(tmp_path / "two")]
+    done = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| pgd20-linf |") == 1  # rank 0 alone prints the table
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "one"), *args]) == 0
+    capsys.readouterr()
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert strip_timings(two) == strip_timings(one)
+    assert len(list((tmp_path / "two" / "points").rglob("batch-*.json"))) == 3 * 5
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 # ------------------------------------------------------------------ plots and CLI
