@@ -7,6 +7,7 @@ running the attack directly on the same images.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -351,3 +352,15 @@ def test_cli_missing_path_is_one_line(tmp_path, capsys):
     assert err == f"robustode: error: {tmp_path / 'absent'} does not exist; " + (
         "give a run folder or a checkpoint file"
     )
+
+
+def test_progress_bar_and_quiet_modes(mlp, tmp_path):
+    x, y = _images(6)
+    specs = resolve_attacks(None, ["fgsm"])
+    kwargs = {"batch_size": 3, "curve_steps": 0, "eps_grid": (), "plots": False}
+    bar = io.StringIO()
+    run_evaluation(mlp, x, y, specs, tmp_path / "a", progress=True, stream=bar, **kwargs)
+    assert "2/2" in bar.getvalue() and "[1/1] fgsm: robust" in bar.getvalue()
+    lines = io.StringIO()
+    run_evaluation(mlp, x, y, specs, tmp_path / "b", progress=False, stream=lines, **kwargs)
+    assert lines.getvalue().startswith("[1/1] fgsm: robust") and "\r" not in lines.getvalue()
