@@ -600,6 +600,147 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- evaluate
+def _comma_list(text: str) -> list[str]:
+    """A comma list of attack specs; commas inside NAME:k=v,k=v stay with their spec."""
+    items: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if items and ":" in items[-1] and "=" in part and ":" not in part:
+            items[-1] += "," + part  # another key=value of the previous spec
+        else:
+            items.append(part)
+    return items
+
+
+def _eps_grid(text: str) -> list[float]:
+    """A comma list of ε in 1/255 units ('' for none)."""
+    values = []
+    for part in text.split(","):
+        if part.strip():
+            value = _positive_float(part.strip())
+            values.append(value / 255)
+    return values
+
+
+def _add_evaluate(sub) -> None:
+    from .evaluate.curves import EPS_GRID_255
+    from .evaluate.suites import SUITES
+
+    p = sub.add_parser(
+        "evaluate",
+        help="run an attack suite on the first N test images; report.json/.md and plots",
+        description=(
+            "Attack a trained model with a suite of attacks on the first N test images "
+            "(in order), print the robust accuracy per attack and the per-point worst case per "
+            "threat model, and write report.json, report.md, robust_vs_steps.png, "
+            "robust_vs_eps.png and per_attack.png into --out. Every (attack, batch) result is "
+            "saved as it finishes: rerunning the same command continues an interrupted "
+            "evaluation. Under 'torchrun --nproc_per_node=N -m robustode evaluate …' the "
+            "batches are shared out over the processes."
+        ),
+        epilog=(
+            "suites — paper: pgd20-linf, pgd1000-linf, pgd20-l2, pgd1000-l2, cw-linf, spsa "
+            "(SONet); autoattack: AutoAttack standard without FAB-T; full: paper + apgd-ce, "
+            "apgd-t, square, autoattack and, for ODE models, adaptive PGD. "
+            "Attack specs: NAME or NAME:key=value,... (see 'robustode attacks'), e.g. "
+            "--attacks 'pgd20-linf:eps=0.01,fgsm'."
+        ),
+    )
+    from .evaluate.target import add_target_arguments
+
+    add_target_arguments(p)
+    p.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        help="a named suite of attacks (default: paper, unless --attacks is given)",
+    )
+    p.add_argument(
+        "--attacks",
+        type=_comma_list,
+        metavar="SPEC,SPEC",
+        help="attack specs, comma-separated (added to --suite when both are given)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=100, help="images per batch (default: 100)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the randomised attacks (default: 0)"
+    )
+    p.add_argument(
+        "--curve-steps",
+        type=_number(int, 0, True, "an integer ≥ 0"),
+        default=100,
+        metavar="K",
+        help="PGD-K L∞ run for the robust-vs-steps curve when the suite has no PGD L∞ "
+        "without random start (0: no curve; default: 100)",
+    )
+    p.add_argument(
+        "--eps-grid",
+        type=_eps_grid,
+        default=None,
+        metavar="E,E",
+        help="ε values in 1/255 units for the robust-vs-ε curve (PGD-20 L∞); '' skips it "
+        f"(default: {','.join(f'{e:g}' for e in EPS_GRID_255)} and 0.031)",
+    )
+    p.add_argument(
+        "--progress-bar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a tqdm bar (default: only on a terminal; otherwise one line per attack)",
+    )
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate.curves import DEFAULT_EPS_GRID
+    from .evaluate.runner import run_evaluation
+    from .evaluate.suites import resolve_attacks
+    from .evaluate.target import load_target
+    from .train.distributed import setup
+
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be ≥ 1, got {args.n}")
+    suite = args.suite or (None if args.attacks else "paper")
+    ctx = setup(args.device)
+    try:
+        target = load_target(args.path, device=ctx.device, data=args.data, data_dir=args.data_dir)
+        specs = resolve_attacks(suite, args.attacks, target.model)
+        x, y = target.test_images(args.n)
+        out = args.out or target.default_out_dir("eval")
+        meta = {
+            "source": str(target.source),
+            "model_config": target.model_config,
+            "weights_sha256": target.weights_sha256,
+            "data": {"name": target.data, "data_dir": target.data_dir, "seed": target.data_seed},
+        }
+        result = run_evaluation(
+            target.model,
+            x,
+            y,
+            specs,
+            out,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=args.progress_bar,
+            ctx=ctx,
+            meta=meta,
+            curve_steps=args.curve_steps,
+            eps_grid=DEFAULT_EPS_GRID if args.eps_grid is None else args.eps_grid,
+        )
+    finally:
+        ctx.teardown()
+    if ctx.is_main:
+        print(result.table())
+        for note in result.report["notes"]:
+            print(f"note: {note}")
+        print(f"\nwrote {out}/report.json, report.md and plots")
+    return 0
+
+
 # --------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -615,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_attacks(sub)
     _add_defenses(sub)
+    _add_evaluate(sub)
     _add_steps(sub)
     _add_reproduce(sub)
     return parser

@@ -140,6 +140,8 @@ def add_target_arguments(parser: Any, *, n_default: int | None = 1000) -> None:
     parser.add_argument("--data-dir", help="the dataset's folder (default: the run's own)")
     parser.add_argument(
         "--n",
+        "--num-images",  # the spelling torchrun's own parser does not take for a prefix
+        dest="n",
         type=int,
         default=n_default,
         metavar="N",

@@ -221,7 +221,7 @@ def run_demo(
             overwrite=overwrite,
             progress=False,
             curve_steps=0,
-            eps_grid=[e * 255 for e in (0.025, 0.05, 0.1, 0.2, 0.3)],
+            eps_grid=(0.025, 0.05, 0.1, 0.2, 0.3),
             meta={
                 "source": str(run_dir),
                 "model_config": target.model_config,

@@ -1,0 +1,128 @@
+"""Robust accuracy curves: against PGD iterations and against ε.
+
+**Steps.** Without a random start PGD-k is a prefix of PGD-K, so one run of
+the longest L∞ PGD without random start gives every PGD-k (k ≤ K): a point
+is robust to PGD-k iff its first adversarial iterate is none (−1) or later
+than k. The curve is read at k ∈ {1, 2, 5, …, 1000} ∩ [1, K]. When the suite
+has no such run, ``pgd{K}-linf`` (SONet's step 0.003, no random start) with
+K = ``curve_steps`` is added to the evaluation.
+
+**ε.** PGD-20 L∞ without random start, step 2.5·ε/20, at each ε of the grid
+({0.5, 1, 2, 4, 8, 16, 32}/255 and 0.031 by default), each an ordinary
+attack spec whose batches are cached and resumed like the suite's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..attacks import GradientAttack
+from .suites import AttackSpec, parse_spec
+
+STEP_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+EPS_GRID_255 = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+DEFAULT_EPS_GRID = tuple(sorted({e / 255 for e in EPS_GRID_255} | {0.031}))
+EPS_CURVE_STEPS = 20
+
+
+def prefix_attack_steps(spec: AttackSpec) -> int | None:
+    """K if ``spec`` is an L∞ PGD (K ≥ 2) on cross-entropy without random start (one restart),
+    else None:
+    the attacks whose ``first_adversarial`` gives every PGD-k with k ≤ K."""
+    attack = spec.create()
+    if not isinstance(attack, GradientAttack):
+        return None
+    ok = (
+        attack.threat.norm == "linf"
+        and not attack.random_start
+        and attack.restarts == 1
+        and attack.loss_name == "ce"
+        and attack.steps >= 2  # FGSM's single step is no curve
+    )
+    return attack.steps if ok else None
+
+
+def steps_spec(steps: int) -> AttackSpec:
+    """``pgd{steps}-linf``: SONet's L∞ PGD (ε 0.031, step 0.003, no random start)."""
+    if steps in (20, 1000):
+        return parse_spec(f"pgd{steps}-linf")
+    return parse_spec(f"pgd1000-linf:steps={steps}")
+
+
+def eps_spec(eps: float) -> AttackSpec:
+    """PGD-20 L∞ at ``eps``, no random start, step 2.5·ε/20."""
+    step = 2.5 * eps / EPS_CURVE_STEPS
+    return parse_spec(f"pgd20-linf:eps={eps!r},step_size={step!r}")
+
+
+@dataclass
+class CurvePlan:
+    """Which runs give the curves: ``steps`` (spec, K) and ``eps`` [(ε, spec)]."""
+
+    steps: tuple[AttackSpec, int] | None = None
+    eps: list[tuple[float, AttackSpec]] = field(default_factory=list)
+
+    def extra_specs(self, suite: Sequence[AttackSpec]) -> list[AttackSpec]:
+        """The runs the curves need beyond the suite's own."""
+        have = {s.id for s in suite}
+        extra: dict[str, AttackSpec] = {}
+        wanted = ([self.steps[0]] if self.steps else []) + [s for _, s in self.eps]
+        for spec in wanted:
+            if spec.id not in have:
+                extra.setdefault(spec.id, spec)
+        return list(extra.values())
+
+
+def plan_curves(
+    specs: Sequence[AttackSpec],
+    *,
+    curve_steps: int = 100,
+    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+) -> CurvePlan:
+    """The steps curve from the suite's longest prefix-PGD (else ``pgd{curve_steps}-linf``,
+    0 skips), the ε curve over ``eps_grid`` (None or empty skips)."""
+    if curve_steps < 0:
+        raise ValueError(f"curve_steps must be ≥ 0, got {curve_steps}")
+    plan = CurvePlan()
+    best: tuple[AttackSpec, int] | None = None
+    for spec in specs:
+        k = prefix_attack_steps(spec)
+        if k is not None and (best is None or k > best[1]):
+            best = (spec, k)
+    if best is not None:
+        plan.steps = best
+    elif curve_steps > 0:
+        plan.steps = (steps_spec(curve_steps), curve_steps)
+    for eps in sorted(set(eps_grid or ())):
+        if not eps > 0:
+            raise ValueError(f"every ε of the grid must be > 0, got {eps}")
+        plan.eps.append((float(eps), eps_spec(float(eps))))
+    return plan
+
+
+def steps_curve(first_adversarial: torch.Tensor, steps: int) -> list[dict[str, Any]]:
+    """Robust accuracy of PGD-k at k ∈ STEP_GRID ∩ [1, steps] (and ``steps`` itself)."""
+    first = first_adversarial.long()
+    grid = sorted({k for k in STEP_GRID if k <= steps} | {steps})
+    rows = []
+    for k in grid:
+        robust = (first < 0) | (first > k)
+        rows.append({"steps": k, "robust_accuracy": int(robust.sum()) / robust.numel()})
+    return rows
+
+
+__all__ = [
+    "DEFAULT_EPS_GRID",
+    "EPS_GRID_255",
+    "STEP_GRID",
+    "CurvePlan",
+    "eps_spec",
+    "plan_curves",
+    "prefix_attack_steps",
+    "steps_curve",
+    "steps_spec",
+]

@@ -1,0 +1,91 @@
+"""The report's PNG plots (matplotlib, Agg backend, imported only when plotting).
+
+- ``robust_vs_steps.png``: robust accuracy against PGD iterations (log x, 1…K);
+- ``robust_vs_eps.png``: robust accuracy against ε (in /255 units);
+- ``per_attack.png``: a bar per attack, clean accuracy as a dashed line.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from ..io import write_bytes_atomic
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
+def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write the plots the report has data for; return their paths."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    clean = 100 * report["clean_accuracy"]
+
+    steps = report["curves"].get("steps")
+    if steps and steps["points"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ks = [p["steps"] for p in steps["points"]]
+        ax.plot(ks, [100 * p["robust_accuracy"] for p in steps["points"]], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlim(1, max(ks) if max(ks) > 1 else 2)
+        ax.set_xlabel("PGD iterations")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"robust accuracy vs steps ({steps['attack']})", fontsize=9)
+        ax.axhline(clean, color="gray", linestyle="--", label="clean")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = out_dir / "robust_vs_steps.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    eps = report["curves"].get("eps")
+    if eps and eps["points"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [p["eps_255"] for p in eps["points"]]
+        ax.plot(xs, [100 * p["robust_accuracy"] for p in eps["points"]], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ε (×1/255)")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"robust accuracy vs ε (PGD-{eps['steps']} L∞)", fontsize=9)
+        ax.axhline(clean, color="gray", linestyle="--", label="clean")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = out_dir / "robust_vs_eps.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    rows = report["attacks"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(rows) + 2), 3.5))
+        ax.bar(range(len(rows)), [100 * r["robust_accuracy"] for r in rows])
+        ax.set_xticks(range(len(rows)), [r["id"] for r in rows], rotation=45, ha="right")
+        ax.axhline(clean, color="gray", linestyle="--", label=f"clean {clean:.1f} %")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.legend()
+        path = out_dir / "per_attack.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+__all__ = ["write_plots"]

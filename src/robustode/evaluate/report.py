@@ -1,0 +1,251 @@
+"""``report.json`` (schema below) and ``report.md``, and the results table printed by the CLI.
+
+report.json, ``schema_version`` 1::
+
+    schema_version    1
+    robustode_version, torch_version, date (UTC, ISO 8601)
+    source, model_config, weights_sha256, data     what was evaluated (from the caller's meta)
+    n, batch_size, seed, inputs_sha256             the first n test images, in order
+    clean_accuracy                                 fraction in [0, 1]
+    attacks: [ {id, name, options, description, norm, eps, points, robust_points,
+                robust_accuracy, model_calls, seconds, notes, members} ]
+        model_calls: the attack's own model calls summed over points; seconds: wall time
+        summed over its batches; members: an ensemble's points broken by each member
+    worst_case: [ {norm, eps, attacks, points, robust_points, robust_accuracy} ]
+        per threat model (norm, ε): a point is robust iff every attack with that threat
+        left it robust (the per-point AND)
+    curves: {steps: {attack, norm, eps, max_steps, points: [{steps, robust_accuracy}]} | null,
+             eps: {steps, norm, points: [{eps, eps_255, attack, robust_accuracy}]} | null}
+    timings: {seconds (this process's wall time), attack_seconds (sum over all runs)}
+    notes: [text]
+
+Timing fields (``seconds``, ``timings``, ``date``) differ between runs; everything else is
+a function of the weights, the images and the settings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..attacks import Attack
+from ..io import write_bytes_atomic, write_json_atomic
+from .suites import AttackSpec
+
+SCHEMA_VERSION = 1
+TIMING_FIELDS = ("seconds", "timings", "date")
+
+
+def _threat_key(attack: Attack) -> tuple[str, float]:
+    return attack.threat.norm, float(f"{attack.threat.eps:.10g}")
+
+
+def _threat_text(norm: str, eps: float) -> str:
+    symbol = "L∞" if norm == "linf" else "L2"
+    text = f"{symbol} ε={eps:.4g}"
+    if norm == "linf" and abs(eps * 255 - round(eps * 255 * 2) / 2) < 1e-6:
+        text += f" ({eps * 255:g}/255)"
+    return text
+
+
+def build_report(
+    *,
+    specs: Sequence[AttackSpec],
+    attacks: dict[str, Attack],
+    points: dict[str, Any],
+    curves: dict[str, Any],
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """The report of an evaluation (see the module docstring for the schema)."""
+    first = points[specs[0].id]
+    n = int(first.success.numel())
+    rows: list[dict[str, Any]] = []
+    groups: dict[tuple[str, float], list[str]] = {}
+    notes: list[str] = []
+    for spec in specs:
+        attack, pr = attacks[spec.id], points[spec.id]
+        robust = int(pr.robust.sum())
+        attack_notes = list(getattr(attack, "notes", []))
+        for note in attack_notes:
+            if note not in notes:
+                notes.append(note)
+        rows.append(
+            {
+                "id": spec.id,
+                "name": spec.name,
+                "options": dict(spec.options),
+                "description": attack.describe(),
+                "norm": attack.threat.norm,
+                "eps": attack.threat.eps,
+                "points": n,
+                "robust_points": robust,
+                "robust_accuracy": robust / n,
+                "model_calls": int(pr.queries.sum()),
+                "seconds": pr.seconds,
+                "notes": attack_notes,
+                "members": pr.members,
+            }
+        )
+        groups.setdefault(_threat_key(attack), []).append(spec.id)
+    worst = []
+    for (norm, eps), ids in groups.items():
+        robust = torch.stack([points[i].robust for i in ids]).all(0)
+        worst.append(
+            {
+                "norm": norm,
+                "eps": eps,
+                "attacks": ids,
+                "points": n,
+                "robust_points": int(robust.sum()),
+                "robust_accuracy": int(robust.sum()) / n,
+            }
+        )
+    clean = first.clean_correct
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "robustode_version": __version__,
+        "torch_version": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": meta.get("source"),
+        "model_config": meta.get("model_config"),
+        "weights_sha256": meta.get("weights_sha256"),
+        "data": meta.get("data"),
+        "n": n,
+        "batch_size": config["batch_size"],
+        "seed": config["seed"],
+        "inputs_sha256": config["inputs_sha256"],
+        "clean_accuracy": int(clean.sum()) / n,
+        "attacks": rows,
+        "worst_case": worst,
+        "curves": curves,
+        "timings": {
+            "seconds": seconds,
+            "attack_seconds": float(sum(p.seconds for p in points.values())),
+        },
+        "notes": notes,
+    }
+
+
+def strip_timings(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without its timing fields: equal for equal weights, images and settings."""
+    out = {k: v for k, v in report.items() if k not in TIMING_FIELDS}
+    out["attacks"] = [{k: v for k, v in r.items() if k != "seconds"} for r in report["attacks"]]
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def results_table(report: dict[str, Any]) -> str:
+    """The attacks and the worst case per threat model as a plain Markdown table."""
+    lines = [
+        f"clean accuracy: {_pct(report['clean_accuracy'])} % on {report['n']} images",
+        "",
+        "| attack | threat model | robust accuracy (%) | points | model calls | seconds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in report["attacks"]:
+        lines.append(
+            f"| {row['id']} | {_threat_text(row['norm'], row['eps'])} | "
+            f"{_pct(row['robust_accuracy'])} | {row['points']} | {row['model_calls']:,} | "
+            f"{row['seconds']:.1f} |"
+        )
+    for row in report["worst_case"]:
+        if len(row["attacks"]) > 1:
+            lines.append(
+                f"| **worst case** ({len(row['attacks'])} attacks) | "
+                f"{_threat_text(row['norm'], row['eps'])} | **{_pct(row['robust_accuracy'])}** | "
+                f"{row['points']} | | |"
+            )
+    return "\n".join(lines)
+
+
+def curves_markdown(report: dict[str, Any]) -> str:
+    """The curves as Markdown tables (empty when there are none)."""
+    parts: list[str] = []
+    steps = report["curves"].get("steps")
+    if steps:
+        parts += [
+            f"### Robust accuracy vs PGD iterations ({_threat_text(steps['norm'], steps['eps'])}, "
+            f"from one run of {steps['attack']})",
+            "",
+            "| PGD steps | robust accuracy (%) |",
+            "|---:|---:|",
+        ]
+        parts += [f"| {p['steps']} | {_pct(p['robust_accuracy'])} |" for p in steps["points"]]
+        parts.append("")
+    eps = report["curves"].get("eps")
+    if eps:
+        parts += [
+            f"### Robust accuracy vs ε (PGD-{eps['steps']} L∞, no random start, step 2.5·ε/20)",
+            "",
+            "| ε | ε·255 | robust accuracy (%) |",
+            "|---:|---:|---:|",
+        ]
+        parts += [
+            f"| {p['eps']:.4g} | {p['eps_255']:.3g} | {_pct(p['robust_accuracy'])} |"
+            for p in eps["points"]
+        ]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: what was evaluated, the results table, the curves and the notes."""
+    data = report.get("data") or {}
+    data_text = data.get("name") if isinstance(data, dict) else data
+    lines = [
+        "# Robustness evaluation",
+        "",
+        f"- model: `{report.get('model_config')}`",
+        f"- source: `{report.get('source')}` (weights sha256 "
+        f"`{str(report.get('weights_sha256'))[:16]}…`)",
+        f"- data: {data_text}, the first {report['n']} test images in order",
+        f"- batch size {report['batch_size']}, seed {report['seed']}; robustode "
+        f"{report['robustode_version']}, torch {report['torch_version']}, {report['date']}",
+        "",
+        "## Results",
+        "",
+        results_table(report),
+        "",
+        "The worst case counts a point robust only if every attack with that threat model "
+        "left it robust.",
+        "",
+    ]
+    curves = curves_markdown(report)
+    if curves:
+        lines += ["## Curves", "", curves]
+    members = [r for r in report["attacks"] if r.get("members")]
+    for row in members:
+        lines += [f"**{row['id']}** points broken by each member: "]
+        lines[-1] += ", ".join(f"{m['attack']} {m['broken']}" for m in row["members"])
+        lines.append("")
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
+    """``report.json`` and ``report.md`` in ``out_dir``, both written atomically."""
+    out_dir = Path(out_dir)
+    write_json_atomic(report, out_dir / "report.json")
+    write_bytes_atomic(report_markdown(report).encode(), out_dir / "report.md")
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_report",
+    "curves_markdown",
+    "report_markdown",
+    "results_table",
+    "strip_timings",
+    "write_report",
+]

@@ -1,0 +1,161 @@
+"""Named attack suites and attack specs (``pgd20-linf:eps=0.01,steps=50``).
+
+A spec is a preset name (``robustode attacks`` lists them), optionally
+followed by ``:key=value,key=value`` overrides; values are read as int,
+float, bool (``true``/``false``) or text. A spec's **id** is its text: it
+names the spec's folder of per-batch results and its row of the report.
+
+Suites (``SUITES``; add one with :func:`register_suite`):
+
+- ``paper``: SONet's table — PGD-20/1000 in L∞ and L2, CW-L∞, SPSA;
+- ``autoattack``: AutoAttack's standard suite (without FAB-T);
+- ``full``: ``paper`` + APGD-CE, APGD-T, Square, AutoAttack and, for models
+  with ODE blocks, the adaptive (solver-substitution) PGD attacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..attacks import Attack, attack_preset, create_attack, has_ode_blocks, list_attacks
+
+PAPER = ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "pgd1000-l2", "cw-linf", "spsa")
+AUTOATTACK = ("autoattack",)
+ADAPTIVE = (
+    "adaptive-pgd20-linf",
+    "adaptive-pgd1000-linf",
+    "adaptive-pgd20-linf:substitute=per_sample",
+)
+
+
+def _full(model: nn.Module | None) -> list[str]:
+    specs = [*PAPER, "apgd-ce", "apgd-t", "square", "autoattack"]
+    if model is not None and has_ode_blocks(model):
+        specs += ADAPTIVE
+    return specs
+
+
+SUITES: dict[str, Callable[[nn.Module | None], list[str]]] = {
+    "paper": lambda model: list(PAPER),
+    "autoattack": lambda model: list(AUTOATTACK),
+    "full": _full,
+}
+
+
+def register_suite(name: str, specs: Callable[[nn.Module | None], Sequence[str]]) -> None:
+    """Add a suite: ``specs(model)`` returns its attack specs (the model may be None)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise ValueError(f"a suite name is lower-case letters, digits, '-' and '_'; got '{name}'")
+    SUITES[name] = lambda model: list(specs(model))
+
+
+def list_suites() -> list[str]:
+    return list(SUITES)
+
+
+def _value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of an evaluation: a preset name with overrides; ``id`` is its text."""
+
+    id: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def create(self, *, seed: int | None = None) -> Attack:
+        """The attack; ``seed`` (if the preset takes one and the spec sets none) seeds it."""
+        options = dict(self.options)
+        if seed is not None and "seed" in attack_preset(self.name).options:
+            options.setdefault("seed", seed)
+        return create_attack(self.name, **options)
+
+    @property
+    def file_name(self) -> str:
+        """The id made safe as a folder name (with a short hash when anything was replaced)."""
+        safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", self.id)
+        if safe == self.id:
+            return safe
+        return f"{safe}-{hashlib.sha256(self.id.encode()).hexdigest()[:8]}"
+
+
+def parse_spec(text: str) -> AttackSpec:
+    """``NAME`` or ``NAME:key=value,…``; an unknown name or option is one ValueError."""
+    text = text.strip()
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if name not in list_attacks():
+        raise ValueError(f"unknown attack '{name}'; choose one of: {', '.join(list_attacks())}")
+    options: dict[str, Any] = {}
+    if sep:
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise ValueError(
+                    f"attack spec '{text}': expected NAME:key=value,key=value, got '{item}'"
+                )
+            options[key] = _value(value.strip())
+    spec = AttackSpec(text, name, options)
+    accepted = attack_preset(name).options
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(
+            f"attack '{name}' has no option {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+    try:
+        spec.create()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"attack spec '{text}': {exc}") from None
+    return spec
+
+
+def resolve_attacks(
+    suite: str | None, attacks: Sequence[str] | None, model: nn.Module | None = None
+) -> list[AttackSpec]:
+    """The suite's specs then the explicit ones, duplicates (same id) dropped, in order."""
+    texts: list[str] = []
+    if suite is not None:
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
+        texts += SUITES[suite](model)
+    texts += [a for a in (attacks or ()) if a.strip()]
+    if not texts:
+        raise ValueError("no attacks: name a suite or give attack specs")
+    specs: dict[str, AttackSpec] = {}
+    for text in texts:
+        spec = parse_spec(text)
+        specs.setdefault(spec.id, spec)
+    return list(specs.values())
+
+
+__all__ = [
+    "ADAPTIVE",
+    "AUTOATTACK",
+    "PAPER",
+    "SUITES",
+    "AttackSpec",
+    "list_suites",
+    "parse_spec",
+    "register_suite",
+    "resolve_attacks",
+]
