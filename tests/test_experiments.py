@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from robustode.cli import main
@@ -115,3 +117,35 @@ def test_reproduce_list_and_bad_table(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sonet-t9" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("table", ["sonet-t2", "lad-t1"])
+def test_reproduce_smoke_runs_end_to_end_and_prints_the_papers_numbers(table, tmp_path, capsys):
+    """The smoke scale of SONet Table 2 and LAD Table 1 runs in CI (digits, minutes)."""
+    assert main(["reproduce", table, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / table / "reproduce.json").read_text())
+    rows = rows_at(PAPER_TABLES[table], SMOKE)
+    assert [r["label"] for r in saved["rows"]] == [r.label for r in rows]
+    for row, saved_row in zip(rows, saved["rows"], strict=True):
+        ours = saved_row["ours"]
+        assert ours["clean"] > 0.15, row.label  # above chance (10 classes) after two epochs
+        for column in PAPER_TABLES[table].columns:
+            if column.attack:
+                assert 0.0 <= ours[column.key] <= ours["clean"] + 1e-9, (row.label, column.key)
+        # each cell is printed as "ours (paper)"
+        paper = row.paper["pgd20_linf" if table == "sonet-t2" else "ifgsm_1"]
+        assert f"({paper:.2f})" in out
+        # the evaluation behind the cell is the run folder's own report
+        report = json.loads(
+            (
+                tmp_path
+                / table
+                / saved_row["run_dir"].split("/")[-1]
+                / "reproduce-eval"
+                / "report.json"
+            ).read_text()
+        )
+        assert report["clean_accuracy"] == pytest.approx(ours["clean"])
+    assert "smoke scale" in out

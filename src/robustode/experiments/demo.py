@@ -254,8 +254,8 @@ def run_demo(
             )
         )
     result = DemoResult(rows, out, time.perf_counter() - start, findings(rows))
-    write_json_atomic(out / "demo.json", result.to_dict())
-    write_bytes_atomic(out / "demo.md", (format_demo(result) + "\n").encode())
+    write_json_atomic(result.to_dict(), out / "demo.json")
+    write_bytes_atomic((format_demo(result) + "\n").encode(), out / "demo.md")
     plot_demo(result, out / "demo.png")
     return result
 
@@ -291,4 +291,4 @@ def plot_demo(result: DemoResult, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(buffer.getvalue(), path)
