@@ -155,10 +155,19 @@ _PRESETS["standard"] = AttackPreset(
 
 def _adaptive(base: str) -> Callable[..., Attack]:
     def build(
-        *, substitute: str = "fixed", substitute_steps: int = 16, tighten: float = 100.0, **options
+        *,
+        substitute: str = "fixed",
+        substitute_steps: int = 16,
+        tighten: float = 100.0,
+        include_deployed: bool = True,
+        **options,
     ) -> Attack:
         return SolverSubstitution(
-            _PRESETS[base].create(**options), substitute, steps=substitute_steps, tighten=tighten
+            _PRESETS[base].create(**options),
+            substitute,
+            steps=substitute_steps,
+            tighten=tighten,
+            include_deployed=include_deployed,
         )
 
     return build
@@ -169,11 +178,12 @@ def _adaptive(base: str) -> Callable[..., Attack]:
 for _base in ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "cw-margin-linf", "apgd-ce"):
     _PRESETS[f"adaptive-{_base}"] = AttackPreset(
         f"adaptive-{_base}",
-        f"{_base} with gradients through a substitute solver (substitute: "
-        f"{' | '.join(SUBSTITUTES)}; default fixed = rk4, 16 steps); ODE models only",
+        f"{_base}, then on the points it leaves robust the same with gradients through a "
+        f"substitute solver ({' | '.join(SUBSTITUTES)}; default fixed = rk4, 16 steps); "
+        "ODE models only",
         _adaptive(_base),
         {},
-        ("substitute", "substitute_steps", "tighten", *_PRESETS[_base].options),
+        ("substitute", "substitute_steps", "tighten", "include_deployed", *_PRESETS[_base].options),
     )
 
 
