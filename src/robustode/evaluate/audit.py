@@ -36,6 +36,7 @@ from ..attacks.adaptive import (
 )
 from ..attacks.base import AttackResult, model_mode
 from ..io import write_bytes_atomic, write_json_atomic
+from ..ode import SolverError
 from . import audit_checks as ac
 from .audit_checks import CheckResult, compare, failed, outcome, passed, skipped
 
@@ -220,6 +221,8 @@ class _Audit:
     # ---------------------------------------------------------- helpers
     def run(self, attack, model=None, trace=False) -> AttackResult:
         attack.batch_size = self.batch_size
+        if isinstance(attack, SolverSubstitution):  # it runs the attack it wraps
+            attack.attack.batch_size = self.batch_size
         return attack.run(self.model if model is None else model, self.x, self.y, trace=trace)
 
     def strongest_white_box(self) -> torch.Tensor:
@@ -512,10 +515,11 @@ class _Audit:
 
 
 def _guard(name: str, group: str, severity: str, fn: Callable[[], CheckResult]) -> CheckResult:
-    """Run one check; a model that returns non-finite logits fails it instead of the audit."""
+    """Run one check; a model that returns non-finite logits, or whose ODE solver gives up,
+    fails that check instead of stopping the audit."""
     try:
         return fn()
-    except AttackError as exc:
+    except (AttackError, SolverError) as exc:
         return failed(name, group, severity, f"the model broke the check: {exc}", error=str(exc))  # type: ignore[arg-type]
 
 
@@ -588,7 +592,7 @@ def audit(
         checks += [_guard(*spec) for spec in before_pgd]
         try:
             a.pgd_run()
-        except AttackError as exc:
+        except (AttackError, SolverError) as exc:
             checks.append(failed("pgd", "attacks", "masked", f"PGD broke: {exc}", error=str(exc)))
         if a.pgd is not None:
             checks += [_guard(*spec) for spec in on_pgd]
