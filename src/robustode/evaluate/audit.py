@@ -232,10 +232,18 @@ class _Audit:
         return robust
 
     def pgd_at(self, k: int) -> torch.Tensor:
-        """Per-point robustness under PGD-k from the one no-random-start PGD-K run."""
+        """Per-point robustness under PGD-k from the one no-random-start PGD-K run.
+
+        A point is robust at k if no iterate up to k was adversarial when the attack
+        evaluated it, or if the point PGD-K returned is not adversarial on re-evaluation:
+        with batch-dependent outputs (batch-shared ODE step control, as the attack's batch
+        shrinks) the two disagree, and the returned, re-evaluated point is what counts.
+        At k = K this is the run's own robust accuracy.
+        """
         assert self.pgd is not None and self.pgd.first_adversarial is not None
         first = self.pgd.first_adversarial
-        return self.pgd.clean_correct & ((first < 0) | (first > k))
+        found = self.pgd.clean_correct & ((first < 0) | (first > k))
+        return found | self.pgd.robust
 
     # ---------------------------------------------------------- attack checks
     def pgd_run(self) -> None:
