@@ -325,6 +325,11 @@ def test_cli_audit_end_to_end(digits_run, tmp_path, capsys):
     assert f"verdict: {report['verdict']}" in captured.out
     assert "| check | status | evidence | → |" in captured.out
     assert (out / "audit.md").read_text().startswith("# Gradient-masking audit")
+    # an audit from other settings is not silently replaced
+    argv = ["audit", str(digits_run), "--level", "quick", "--n", "30", "--eps", "4/255"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (eps)" in err and "--overwrite" in err
 
 
 @pytest.mark.parametrize(

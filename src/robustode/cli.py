@@ -454,6 +454,29 @@ def _add_audit(sub) -> None:
     p.set_defaults(run=_run_audit)
 
 
+def _refuse_other_audit(path: Path, settings: dict, overwrite: bool) -> None:
+    """An audit.json from other settings (or other weights) is replaced only with --overwrite."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    was = {
+        "eps": old.get("eps"),
+        "n": old.get("n"),
+        "level": old.get("level"),
+        "seed": old.get("info", {}).get("seed"),
+        "weights_sha256": old.get("info", {}).get("weights_sha256"),
+    }
+    differ = [k for k, v in settings.items() if was[k] != v]
+    if differ:
+        raise ValueError(
+            f"{path} holds an audit with other settings ({', '.join(differ)}); "
+            "pass --overwrite to replace it, or --out for another folder"
+        )
+
+
 def _run_audit(args: argparse.Namespace) -> int:
     from .evaluate.audit import LEVELS, audit, fails_on, write_audit
     from .evaluate.target import load_target, target_from_args
@@ -466,6 +489,14 @@ def _run_audit(args: argparse.Namespace) -> int:
         surrogate = surrogate.model
     x, y = target.test_images(n)
     out = args.out or target.default_out_dir("audit")
+    settings = {
+        "eps": args.eps,
+        "n": int(x.shape[0]),
+        "level": args.level,
+        "seed": args.seed,
+        "weights_sha256": target.weights_sha256,
+    }
+    _refuse_other_audit(out / "audit.json", settings, args.overwrite)
     print(
         f"auditing {target.source} on {x.shape[0]} test images, ε = {args.eps:.5g} "
         f"({args.eps * 255:.3g}/255), level {args.level} ...",
@@ -485,6 +516,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     )
     report.info["target"] = str(target.source)
     report.info["weights_sha256"] = target.weights_sha256
+    report.info["surrogate"] = None if args.surrogate is None else str(args.surrogate)
     print(report.table())
     print(f"\n{report.verdict_line()}")
     json_path, md_path = write_audit(report, out)
