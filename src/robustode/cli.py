@@ -741,6 +741,156 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- audit
+def _eps_value(text: str) -> float:
+    """An L∞ radius in pixel units ([0, 1] images): '0.031' or a fraction such as '8/255'."""
+    num, sep, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(num)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not (value == value and 0 < value <= 1):
+        raise argparse.ArgumentTypeError(
+            f"expected a radius in (0, 1] such as 0.031 or 8/255, got '{text}'"
+        )
+    return value
+
+
+def _add_audit(sub) -> None:
+    from .evaluate.audit import FAIL_ON, LEVELS
+    from .evaluate.target import add_target_arguments
+
+    budgets = "; ".join(
+        f"{name}: n {lv.n}, PGD-{lv.pgd_steps}, {lv.restarts} restarts, Square {lv.square_queries}"
+        for name, lv in LEVELS.items()
+    )
+    p = sub.add_parser(
+        "audit",
+        help="check a model for gradient masking: masked / suspicious / no masking detected",
+        description=(
+            "Run the gradient-masking checks of Carlini et al. 2019 and Pintor et al. 2022 plus "
+            "ODE-specific ones (solver substitution, finite differences, batch composition) on "
+            "the first N test images, print one row per check (status, evidence, what a failure "
+            "implies) and the verdict: 'masked' if a check of severity masked failed, "
+            "'suspicious' if one of severity suspicious failed, else 'no masking detected'. "
+            "Writes audit.json and audit.md. See docs/audit.md."
+        ),
+        epilog=f"levels — {budgets}",
+    )
+    add_target_arguments(p, n_default=None)
+    for action in p._actions:
+        if action.dest == "n":
+            action.help = (
+                "the first N test images, in order (default: by level, "
+                + ", ".join(f"{name} {lv.n}" for name, lv in LEVELS.items())
+                + ")"
+            )
+    p.add_argument(
+        "--eps",
+        type=_eps_value,
+        default=8 / 255,
+        metavar="EPS",
+        help="L∞ radius in pixel units, e.g. 0.031 or 8/255 (default: 8/255)",
+    )
+    p.add_argument(
+        "--level",
+        choices=list(LEVELS),
+        default="standard",
+        help="budgets and default N (default: standard)",
+    )
+    p.add_argument(
+        "--surrogate",
+        type=Path,
+        metavar="PATH",
+        help="a run folder or checkpoint whose PGD adversarials are transferred to the model "
+        "(default: for ODE models the model itself with a fixed-step solver, else no transfer)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per model call (default: all)",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        default="never",
+        help="exit 1 when the verdict is at least this (masked > suspicious); default never",
+    )
+    p.set_defaults(run=_run_audit)
+
+
+def _refuse_other_audit(path: Path, settings: dict, overwrite: bool) -> None:
+    """An audit.json from other settings (or other weights) is replaced only with --overwrite."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    was = {
+        "eps": old.get("eps"),
+        "n": old.get("n"),
+        "level": old.get("level"),
+        "seed": old.get("info", {}).get("seed"),
+        "weights_sha256": old.get("info", {}).get("weights_sha256"),
+    }
+    differ = [k for k, v in settings.items() if was[k] != v]
+    if differ:
+        raise ValueError(
+            f"{path} holds an audit with other settings ({', '.join(differ)}); "
+            "pass --overwrite to replace it, or --out for another folder"
+        )
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from .evaluate.audit import LEVELS, audit, fails_on, write_audit
+    from .evaluate.target import load_target, target_from_args
+
+    target = target_from_args(args)
+    n = args.n if args.n is not None else LEVELS[args.level].n
+    surrogate = None
+    if args.surrogate is not None:
+        surrogate = load_target(args.surrogate, device=next(target.model.parameters()).device)
+        surrogate = surrogate.model
+    x, y = target.test_images(n)
+    out = args.out or target.default_out_dir("audit")
+    settings = {
+        "eps": args.eps,
+        "n": int(x.shape[0]),
+        "level": args.level,
+        "seed": args.seed,
+        "weights_sha256": target.weights_sha256,
+    }
+    _refuse_other_audit(out / "audit.json", settings, args.overwrite)
+    print(
+        f"auditing {target.source} on {x.shape[0]} test images, ε = {args.eps:.5g} "
+        f"({args.eps * 255:.3g}/255), level {args.level} ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    report = audit(
+        target.model,
+        x,
+        y,
+        eps=args.eps,
+        level=args.level,
+        surrogate=surrogate,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+    )
+    report.info["target"] = str(target.source)
+    report.info["weights_sha256"] = target.weights_sha256
+    report.info["surrogate"] = None if args.surrogate is None else str(args.surrogate)
+    print(report.table())
+    print(f"\n{report.verdict_line()}")
+    json_path, md_path = write_audit(report, out)
+    print(f"wrote {json_path} and {md_path} ({report.seconds:.1f} s)")
+    return 1 if fails_on(report.verdict, args.fail_on) else 0
+
+
 # --------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -757,6 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attacks(sub)
     _add_defenses(sub)
     _add_evaluate(sub)
+    _add_audit(sub)
     _add_steps(sub)
     _add_reproduce(sub)
     return parser

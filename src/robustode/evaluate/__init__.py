@@ -1,6 +1,8 @@
 """Evaluation: attack suites over a test split, reports and plots, the step-grid study and the
 gradient-masking audit (``robustode evaluate | steps | audit``)."""
 
+from .audit import AuditReport, audit, write_audit
+from .audit_checks import CheckResult, paired_margin
 from .report import report_markdown, results_table, strip_timings
 from .runner import EvaluationResult, PointResults, run_evaluation
 from .steps import StepStudy, pgd_trajectory, step_study
@@ -11,12 +13,16 @@ from .target import Target, load_target
 __all__ = [
     "SUITES",
     "AttackSpec",
+    "AuditReport",
+    "CheckResult",
     "EvaluationResult",
     "PointResults",
     "StepStudy",
     "Target",
+    "audit",
     "format_steps_table",
     "load_target",
+    "paired_margin",
     "parse_spec",
     "pgd_trajectory",
     "register_suite",
@@ -26,4 +32,5 @@ __all__ = [
     "run_evaluation",
     "step_study",
     "strip_timings",
+    "write_audit",
 ]

@@ -1,0 +1,662 @@
+"""``robustode audit``: is a model's robustness real, or does it come from gradient masking?
+
+SONet §6 found by hand that its PGD robustness came from adaptive ODE solvers masking the
+gradient. :func:`audit` runs the checks of Carlini et al. 2019 ("On evaluating adversarial
+robustness") and Pintor et al. 2022 ("Indicators of attack failure") plus ODE-specific
+ones, and returns an :class:`AuditReport` whose verdict is
+
+- ``masked`` if any failed check has severity ``masked``,
+- ``suspicious`` if any failed check has severity ``suspicious``,
+- ``no masking detected`` otherwise,
+
+with every check's status, evidence and message. Robust accuracies of two attacks on the
+same points are compared with the paired margin of
+:func:`~robustode.evaluate.audit_checks.paired_margin`. docs/audit.md lists every check,
+its threshold, and how to add one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import FGSM, PGD, SPSA, AttackError, Square
+from ..attacks.adaptive import (
+    SolverSubstitution,
+    ode_blocks,
+    solvers_replaced,
+    substitute_solver,
+)
+from ..attacks.base import AttackResult, model_mode
+from ..io import write_bytes_atomic, write_json_atomic
+from ..ode import SolverError
+from . import audit_checks as ac
+from .audit_checks import CheckResult, compare, failed, outcome, passed, skipped
+
+VERDICTS = ("no masking detected", "suspicious", "masked")
+FAIL_ON = ("masked", "suspicious", "never")
+
+
+@dataclass(frozen=True)
+class AuditLevel:
+    """Budgets of one audit level (``quick`` is sized for CI tests)."""
+
+    n: int
+    pgd_steps: int  # K of the convergence run (no random start, step ε/10)
+    restarts: int  # R random-start PGD runs compared with the first alone
+    restart_steps: int
+    growth_steps: int  # PGD steps at each ε of the ε-growth curve
+    unbounded_steps: int  # PGD steps of the ε = 1 attack
+    square_queries: int
+    spsa_iterations: int
+    spsa_samples: int
+    substitutes: tuple[str, ...]
+    substitute_steps: int
+    transfer_steps: int
+    fd_points: int
+    fd_directions: int
+    batch_points: int
+    noise_draws: int
+
+
+LEVELS: dict[str, AuditLevel] = {
+    "quick": AuditLevel(
+        n=100, pgd_steps=100, restarts=3, restart_steps=20, growth_steps=10,
+        unbounded_steps=50, square_queries=200, spsa_iterations=10, spsa_samples=16,
+        substitutes=("fixed", "per_sample"), substitute_steps=20, transfer_steps=20,
+        fd_points=16, fd_directions=8, batch_points=8, noise_draws=2,
+    ),
+    "standard": AuditLevel(
+        n=500, pgd_steps=200, restarts=5, restart_steps=50, growth_steps=20,
+        unbounded_steps=100, square_queries=1000, spsa_iterations=20, spsa_samples=32,
+        substitutes=("fixed", "per_sample"), substitute_steps=50, transfer_steps=50,
+        fd_points=32, fd_directions=16, batch_points=16, noise_draws=4,
+    ),
+    "thorough": AuditLevel(
+        n=1000, pgd_steps=1000, restarts=10, restart_steps=100, growth_steps=50,
+        unbounded_steps=200, square_queries=5000, spsa_iterations=50, spsa_samples=64,
+        substitutes=("fixed", "per_sample", "tight"), substitute_steps=200, transfer_steps=100,
+        fd_points=64, fd_directions=32, batch_points=32, noise_draws=8,
+    ),
+}  # fmt: skip
+
+EPS_MULTIPLIERS = (1, 2, 4, 8, 16)
+UNBOUNDED_STEP = 0.05
+
+
+@dataclass
+class AuditReport:
+    """The verdict, every check's result, and what was audited."""
+
+    verdict: str
+    checks: list[CheckResult]
+    eps: float
+    n: int
+    level: str
+    seconds: float
+    clean_accuracy: float = math.nan
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.failed]
+
+    def check(self, name: str) -> CheckResult:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named '{name}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "failed": [c.name for c in self.failed],
+            "eps": self.eps,
+            "n": self.n,
+            "level": self.level,
+            "seconds": self.seconds,
+            "clean_accuracy": self.clean_accuracy,
+            "info": self.info,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def table(self) -> str:
+        rows = ["| check | status | evidence | → |", "|---|---|---|---|"]
+        for c in self.checks:
+            arrow = c.severity if c.failed else ("ok" if c.status == "pass" else "–")
+            shown = format_evidence(c.evidence) if c.status != "skipped" else c.message
+            rows.append(f"| {c.name} | {c.status} | {shown} | {arrow} |")
+        return "\n".join(rows)
+
+    def verdict_line(self) -> str:
+        names = ", ".join(c.name for c in self.failed)
+        return f"verdict: {self.verdict}" + (f" (failed: {names})" if names else "")
+
+    def to_markdown(self) -> str:
+        lines = [
+            "# Gradient-masking audit",
+            "",
+            f"**{self.verdict_line()}**",
+            "",
+            f"level {self.level}, ε = {self.eps:.5g} ({self.eps * 255:.3g}/255), "
+            f"n = {self.n}, clean accuracy {self.clean_accuracy:.1%}, {self.seconds:.1f} s",
+            "",
+            self.table(),
+            "",
+            "## Messages",
+            "",
+        ]
+        lines += [f"- **{c.name}** ({c.status}): {c.message}" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def format_evidence(evidence: dict[str, Any], limit: int = 6) -> str:
+    """A compact one-cell rendering of a check's evidence."""
+    parts = []
+    for key, value in list(evidence.items())[:limit]:
+        parts.append(f"{key}={_short(value)}")
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        return "{" + " ".join(f"{k}:{_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + " ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def verdict_of(checks: list[CheckResult]) -> str:
+    severities = {c.severity for c in checks if c.failed}
+    if "masked" in severities:
+        return "masked"
+    if "suspicious" in severities:
+        return "suspicious"
+    return "no masking detected"
+
+
+def fails_on(verdict: str, fail_on: str) -> bool:
+    """Whether ``verdict`` is at least ``fail_on`` (masked > suspicious; never: never)."""
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got '{fail_on}'")
+    if fail_on == "never":
+        return False
+    return VERDICTS.index(verdict) >= VERDICTS.index(fail_on)
+
+
+def write_audit(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``audit.json`` and ``audit.md`` into ``out_dir`` (atomically); return both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "audit.json", out / "audit.md"
+    write_json_atomic(report.to_dict(), json_path)
+    write_bytes_atomic(report.to_markdown().encode(), md_path)
+    return json_path, md_path
+
+
+# ------------------------------------------------------------------ the audit
+class _Audit:
+    """One audit's state: the model, points, budgets, and the attack results checks share."""
+
+    def __init__(self, model, x, y, eps, level, surrogate, seed, batch_size, progress):
+        self.model, self.x, self.y, self.eps = model, x, y, eps
+        self.level, self.cfg = level, LEVELS[level]
+        self.surrogate, self.seed, self.batch_size = surrogate, seed, batch_size
+        self.progress = progress or (lambda message: None)
+        self.blocks = ode_blocks(model)
+        self.white_box: dict[str, torch.Tensor] = {}  # attack name → per-point robust
+        self.pgd: AttackResult | None = None
+
+    # ---------------------------------------------------------- helpers
+    def run(self, attack, model=None, trace=False) -> AttackResult:
+        attack.batch_size = self.batch_size
+        if isinstance(attack, SolverSubstitution):  # it runs the attack it wraps
+            attack.attack.batch_size = self.batch_size
+        return attack.run(self.model if model is None else model, self.x, self.y, trace=trace)
+
+    def strongest_white_box(self) -> torch.Tensor:
+        robust = torch.ones_like(self.y, dtype=torch.bool)
+        for r in self.white_box.values():
+            robust &= r
+        return robust
+
+    def pgd_at(self, k: int) -> torch.Tensor:
+        """Per-point robustness under PGD-k from the one no-random-start PGD-K run.
+
+        A point is robust at k if no iterate up to k was adversarial when the attack
+        evaluated it, or if the point PGD-K returned is not adversarial on re-evaluation:
+        with batch-dependent outputs (batch-shared ODE step control, as the attack's batch
+        shrinks) the two disagree, and the returned, re-evaluated point is what counts.
+        At k = K this is the run's own robust accuracy.
+        """
+        assert self.pgd is not None and self.pgd.first_adversarial is not None
+        first = self.pgd.first_adversarial
+        found = self.pgd.clean_correct & ((first < 0) | (first > k))
+        return found | self.pgd.robust
+
+    # ---------------------------------------------------------- attack checks
+    def pgd_run(self) -> None:
+        K = self.cfg.pgd_steps
+        self.progress(f"PGD-{K} (no random start, step ε/10, loss traced)")
+        attack = PGD("linf", self.eps, steps=K, step_size=self.eps / 10, random_start=False)
+        self.pgd = self.run(attack, trace=True)
+        self.white_box[f"pgd{K}"] = self.pgd.robust
+
+    def iterative_vs_single(self) -> CheckResult:
+        self.progress("FGSM")
+        fgsm = self.run(FGSM("linf", self.eps)).robust
+        self.white_box["fgsm"] = fgsm
+        c = compare(fgsm, self.pgd.robust)  # type: ignore[union-attr]
+        # fail when PGD's robust accuracy exceeds FGSM's by more than the margin
+        return outcome(
+            c["significant"],
+            "iterative_vs_single_step",
+            "attacks",
+            "masked",
+            f"PGD-{self.cfg.pgd_steps} robust {c['reference']:.1%} vs FGSM {c['accuracy']:.1%} "
+            f"(fail if PGD exceeds FGSM by more than {c['margin']:.1%})",
+            pgd=c["reference"],
+            fgsm=c["accuracy"],
+            margin=c["margin"],
+            discordant=c["discordant"],
+        )
+
+    def convergence_iterations(self) -> CheckResult:
+        K = self.cfg.pgd_steps
+        ks, k = [], 10
+        while k < K:
+            ks.append(k)
+            k *= 2
+        half = max(K // 2, 1)
+        ks = sorted({*ks, half, K})
+        curve = {str(k): self.pgd_at(k).float().mean().item() for k in ks}
+        c = compare(self.pgd_at(K), self.pgd_at(half))
+        return outcome(
+            c["significant"],
+            "convergence_iterations",
+            "attacks",
+            "suspicious",
+            f"PGD robust accuracy at k = {', '.join(curve)}: "
+            f"{', '.join(f'{v:.1%}' for v in curve.values())}; the last doubling "
+            f"({half}→{K}) lowers it by {c['drop']:.1%} (fail above {c['margin']:.1%})",
+            curve=curve,
+            last_doubling_drop=c["drop"],
+            margin=c["margin"],
+        )
+
+    def convergence_restarts(self) -> CheckResult:
+        R, steps = self.cfg.restarts, self.cfg.restart_steps
+        self.progress(f"PGD-{steps} with random start, {R} restarts")
+        runs = []
+        for r in range(R):
+            attack = PGD(
+                "linf", self.eps, steps=steps, step_size=2.5 * self.eps / steps,
+                random_start=True, seed=self.seed + 1000 + r,
+            )  # fmt: skip
+            runs.append(self.run(attack).robust)
+        one = runs[0]
+        all_ = torch.stack(runs).all(0)
+        self.white_box[f"pgd{steps}-rs-x{R}"] = all_
+        c = compare(all_, one)
+        return outcome(
+            c["significant"],
+            "convergence_restarts",
+            "attacks",
+            "suspicious",
+            f"random-start PGD-{steps}: 1 restart {c['reference']:.1%}, {R} restarts "
+            f"{c['accuracy']:.1%} (fail if restarts lower it by more than {c['margin']:.1%})",
+            one_restart=c["reference"],
+            restarts=R,
+            all_restarts=c["accuracy"],
+            margin=c["margin"],
+        )
+
+    def eps_growth(self) -> CheckResult:
+        steps = self.cfg.growth_steps
+        self.progress(f"ε growth: PGD-{steps} at {list(EPS_MULTIPLIERS)}·ε")
+        curve: dict[str, float] = {}
+        for m in EPS_MULTIPLIERS:
+            eps = min(m * self.eps, 1.0)
+            attack = PGD(
+                "linf", eps, steps=steps, step_size=2.5 * eps / steps,
+                random_start=True, seed=self.seed + 2000 + m,
+            )  # fmt: skip
+            curve[f"{eps:.4g}"] = self.run(attack).robust_accuracy
+            if eps >= 1.0:
+                break
+        last = list(curve.values())[-1]
+        return outcome(
+            last > ac.EPS_GROWTH_FLOOR,
+            "eps_growth",
+            "attacks",
+            "suspicious",
+            f"robust accuracy at ε = {', '.join(curve)}: "
+            f"{', '.join(f'{v:.1%}' for v in curve.values())} "
+            f"(fail unless the last is ≤ {ac.EPS_GROWTH_FLOOR:.0%})",
+            curve=curve,
+            largest_eps_accuracy=last,
+            threshold=ac.EPS_GROWTH_FLOOR,
+        )
+
+    def unbounded(self) -> CheckResult:
+        steps = self.cfg.unbounded_steps
+        self.progress(f"unbounded attack: PGD-{steps}, ε = 1, step {UNBOUNDED_STEP}")
+        attack = PGD(
+            "linf", 1.0, steps=steps, step_size=UNBOUNDED_STEP, random_start=True,
+            seed=self.seed + 3000,
+        )  # fmt: skip
+        result = self.run(attack)
+        survivors = int(result.robust.sum())
+        return outcome(
+            survivors > 0,
+            "unbounded_attack",
+            "attacks",
+            "masked",
+            f"PGD-{steps} over the whole [0, 1] box leaves {survivors} of {self.x.shape[0]} "
+            "points correctly classified (fail if any)",
+            survivors=survivors,
+            robust_accuracy=result.robust_accuracy,
+            steps=steps,
+        )
+
+    def black_box(self, which: str) -> CheckResult:
+        if which == "square":
+            q = self.cfg.square_queries
+            self.progress(f"Square, {q} queries")
+            attack = Square(self.eps, queries=q, seed=self.seed + 4000)
+            label = f"Square ({q} queries)"
+        else:
+            it, s = self.cfg.spsa_iterations, self.cfg.spsa_samples
+            self.progress(f"SPSA, {it} iterations × {s} samples")
+            attack = SPSA(self.eps, iterations=it, samples=s, seed=self.seed + 5000)
+            label = f"SPSA ({it}×{s})"
+        robust = self.run(attack).robust
+        c = compare(robust, self.strongest_white_box())
+        return outcome(
+            c["significant"],
+            f"black_box_{which}",
+            "attacks",
+            "masked",
+            f"{label} robust {c['accuracy']:.1%} vs strongest white-box {c['reference']:.1%} "
+            f"(fail if lower by more than {c['margin']:.1%})",
+            black_box=c["accuracy"],
+            white_box=c["reference"],
+            margin=c["margin"],
+            discordant=c["discordant"],
+        )
+
+    def transfer(self) -> CheckResult:
+        steps = self.cfg.transfer_steps
+        attack = PGD(
+            "linf", self.eps, steps=steps, step_size=2.5 * self.eps / steps,
+            random_start=True, seed=self.seed + 6000,
+        )  # fmt: skip
+        if self.surrogate is not None:
+            source = "the given surrogate"
+            self.progress(f"transfer: PGD-{steps} on the surrogate")
+            with model_mode(self.surrogate, "eval"):
+                x_adv = self.run(attack, model=self.surrogate).x_adv
+        elif self.blocks:
+            source = "the model with the fixed-step substitute solver"
+            self.progress(f"transfer: PGD-{steps} on the fixed-step substitute")
+            subs = [substitute_solver(b.solver, "fixed") for b in self.blocks]
+            with solvers_replaced(self.blocks, subs):
+                x_adv = self.run(attack).x_adv
+        else:
+            return skipped(
+                "transfer", "attacks", "masked",
+                "no surrogate given and the model has no ODE blocks to substitute",
+            )  # fmt: skip
+        clean = ac.batched_logits(self.model, self.x, self.batch_size).argmax(1) == self.y
+        pred = ac.batched_logits(self.model, x_adv, self.batch_size).argmax(1)
+        robust = clean & (pred == self.y)
+        c = compare(robust, self.strongest_white_box())
+        return outcome(
+            c["significant"],
+            "transfer",
+            "attacks",
+            "masked",
+            f"PGD-{steps} adversarials from {source}: robust {c['accuracy']:.1%} vs "
+            f"white-box {c['reference']:.1%} (fail if lower by more than {c['margin']:.1%})",
+            transfer=c["accuracy"],
+            white_box=c["reference"],
+            margin=c["margin"],
+            source=source,
+        )
+
+    # ---------------------------------------------------------- PGD-run indicators
+    def loss_converged(self) -> CheckResult:
+        trace = self.pgd.loss_trace  # type: ignore[union-attr]
+        K = trace.shape[0] - 1
+        full = ~torch.isnan(trace).any(0)  # points attacked through every iteration
+        if K < 10 or not full.any():
+            return passed(
+                "loss_converged", "gradients", "suspicious",
+                "no point was attacked through every iteration (all broken or misclassified)",
+                points=0,
+            )  # fmt: skip
+        best = torch.cummax(trace[:, full].double(), 0).values
+        total = best[-1] - best[0]
+        late = best[-1] - best[math.ceil(0.9 * K)]
+        moving = total > 1e-6
+        if not moving.any():
+            share = 0.0
+        else:
+            share = float((late[moving] / total[moving]).mean())
+        return outcome(
+            share > ac.LOSS_MOVING_SHARE,
+            "loss_converged",
+            "gradients",
+            "suspicious",
+            f"best loss still rising in the last 10% of PGD-{K}: {share:.1%} of its whole "
+            f"increase on average over {int(full.sum())} surviving points "
+            f"(fail above {ac.LOSS_MOVING_SHARE:.0%})",
+            late_share=share,
+            points=int(full.sum()),
+            threshold=ac.LOSS_MOVING_SHARE,
+        )
+
+    def unreturned(self) -> CheckResult:
+        r = self.pgd
+        assert r is not None and r.first_adversarial is not None
+        found = r.clean_correct & (r.first_adversarial >= 0)
+        lost = int((found & ~r.success).sum())
+        pred = ac.batched_logits(self.model, r.x_adv, self.batch_size).argmax(1)
+        again = (pred != self.y) | ~r.clean_correct
+        disagree = int((again != r.success).sum())
+        return outcome(
+            lost > 0 or disagree > 0,
+            "unreturned_adversarials",
+            "gradients",
+            "suspicious",
+            f"{lost} points had an adversarial iterate but the returned point is not adversarial; "
+            f"re-evaluation disagrees with the attack on {disagree} (fail if any)",
+            found_not_returned=lost,
+            reevaluation_disagrees=disagree,
+        )
+
+    # ---------------------------------------------------------- ODE
+    def solver_substitution(self) -> CheckResult:
+        if not self.blocks:
+            return skipped("solver_substitution", "ode", "masked", "the model has no ODE blocks")
+        steps = min(self.cfg.substitute_steps, self.cfg.pgd_steps)
+        deployed = self.pgd_at(steps)
+        evidence: dict[str, Any] = {"deployed": deployed.float().mean().item()}
+        worst = None
+        for s in self.cfg.substitutes:
+            self.progress(f"solver substitution: PGD-{steps} with {s} gradients")
+            attack = SolverSubstitution(
+                PGD("linf", self.eps, steps=steps, step_size=self.eps / 10, random_start=False),
+                s,
+            )
+            robust = self.run(attack).robust
+            self.white_box[f"pgd{steps}+{s}"] = robust
+            c = compare(robust, deployed)
+            evidence[s] = c["accuracy"]
+            if worst is None or c["drop"] - c["margin"] > worst[1]["drop"] - worst[1]["margin"]:
+                worst = (s, c)
+        assert worst is not None
+        name, c = worst
+        return outcome(
+            c["significant"],
+            "solver_substitution",
+            "ode",
+            "masked",
+            f"PGD-{steps} robust {evidence['deployed']:.1%} through the deployed solver; with "
+            + ", ".join(f"{s} gradients {evidence[s]:.1%}" for s in self.cfg.substitutes)
+            + f" (fail if a substitute lowers it by more than the margin, {c['margin']:.1%} "
+            f"for {name})",
+            **evidence,
+            margin=c["margin"],
+        )
+
+
+def _guard(name: str, group: str, severity: str, fn: Callable[[], CheckResult]) -> CheckResult:
+    """Run one check; a model that returns non-finite logits, or whose ODE solver gives up,
+    fails that check instead of stopping the audit."""
+    try:
+        return fn()
+    except (AttackError, SolverError) as exc:
+        return failed(name, group, severity, f"the model broke the check: {exc}", error=str(exc))  # type: ignore[arg-type]
+
+
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    level: str = "standard",
+    surrogate: nn.Module | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """Audit ``model`` (images in [0, 1]) for gradient masking on the points ``x``, ``y`` at the
+    L∞ radius ``eps``; ``level`` (quick | standard | thorough) sets the budgets. ``surrogate``:
+    a model whose PGD adversarials are transferred to ``model``. ``progress`` receives a line
+    before each attack."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown audit level '{level}'; choose one of: {', '.join(LEVELS)}")
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):
+        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
+    if x.shape[0] < 1 or y.shape != (x.shape[0],):
+        raise ValueError("audit needs at least one image and one label per image")
+    start = time.perf_counter()
+    a = _Audit(model, x.detach(), y.long(), float(eps), level, surrogate, seed, batch_size,
+               progress)  # fmt: skip
+    cfg, x, y = a.cfg, a.x, a.y
+    p, b = min(cfg.fd_points, x.shape[0]), min(cfg.batch_points, x.shape[0])
+    others = x[b : 2 * b]
+    if others.shape[0] < b:  # too few points for other batch-mates: uniform noise images
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        others = torch.rand(x[:b].shape, generator=g, device=x.device)
+    before_pgd: list[tuple[str, str, str, Callable[[], CheckResult]]] = [
+        ("zero_gradients", "gradients", "masked",
+         lambda: ac.check_zero_gradients(model, x, y, batch_size=batch_size)),
+        ("randomised_outputs", "gradients", "suspicious",
+         lambda: ac.check_randomised_outputs(model, x, batch_size=batch_size)),
+        ("softmax_outputs", "gradients", "suspicious",
+         lambda: ac.check_softmax_outputs(model, x, batch_size=batch_size)),
+        ("noise_stability", "gradients", "suspicious",
+         lambda: ac.check_noise_stability(model, x, a.eps, draws=cfg.noise_draws, seed=seed,
+                                          batch_size=batch_size)),
+    ]  # fmt: skip
+    on_pgd = [
+        ("iterative_vs_single_step", "attacks", "masked", a.iterative_vs_single),
+        ("convergence_iterations", "attacks", "suspicious", a.convergence_iterations),
+        ("convergence_restarts", "attacks", "suspicious", a.convergence_restarts),
+        ("loss_converged", "gradients", "suspicious", a.loss_converged),
+        ("unreturned_adversarials", "gradients", "suspicious", a.unreturned),
+        ("solver_substitution", "ode", "masked", a.solver_substitution),
+    ]
+    after_pgd = [
+        ("eps_growth", "attacks", "suspicious", a.eps_growth),
+        ("unbounded_attack", "attacks", "masked", a.unbounded),
+        ("black_box_square", "attacks", "masked", lambda: a.black_box("square")),
+        ("black_box_spsa", "attacks", "masked", lambda: a.black_box("spsa")),
+        ("transfer", "attacks", "masked", a.transfer),
+        ("finite_differences", "gradients", "masked",
+         lambda: ac.check_finite_differences(model, x[:p], y[:p], directions=cfg.fd_directions,
+                                             seed=seed)),
+        ("batch_composition", "ode", "suspicious",
+         lambda: ac.check_batch_composition(model, x[:b], y[:b], others)),
+    ]  # fmt: skip
+    checks: list[CheckResult] = []
+    with model_mode(model, "eval"):
+        clean = ac.batched_logits(model, x, batch_size).argmax(1) == y
+        a.progress("gradients and outputs")
+        checks += [_guard(*spec) for spec in before_pgd]
+        try:
+            a.pgd_run()
+        except (AttackError, SolverError) as exc:
+            checks.append(failed("pgd", "attacks", "masked", f"PGD broke: {exc}", error=str(exc)))
+        if a.pgd is not None:
+            checks += [_guard(*spec) for spec in on_pgd]
+        checks += [_guard(*spec) for spec in after_pgd]
+    order = {name: i for i, name in enumerate(CHECK_ORDER)}
+    checks.sort(key=lambda c: order.get(c.name, len(order)))
+    info = {
+        "ode_blocks": [b.solver.describe() for b in a.blocks],
+        "strongest_white_box": a.strongest_white_box().float().mean().item(),
+        "white_box": {k: v.float().mean().item() for k, v in a.white_box.items()},
+        "seed": seed,
+        "margin_rule": f"max({ac.MARGIN_FLOOR:.1%}, {ac.MARGIN_SIGMAS:g}·sqrt(discordant)/n)",
+    }
+    return AuditReport(
+        verdict=verdict_of(checks),
+        checks=checks,
+        eps=float(eps),
+        n=int(a.x.shape[0]),
+        level=level,
+        seconds=time.perf_counter() - start,
+        clean_accuracy=clean.float().mean().item(),
+        info=info,
+    )
+
+
+CHECK_ORDER = (
+    "pgd",
+    "iterative_vs_single_step",
+    "convergence_iterations",
+    "convergence_restarts",
+    "eps_growth",
+    "unbounded_attack",
+    "black_box_square",
+    "black_box_spsa",
+    "transfer",
+    "zero_gradients",
+    "randomised_outputs",
+    "softmax_outputs",
+    "noise_stability",
+    "loss_converged",
+    "unreturned_adversarials",
+    "solver_substitution",
+    "finite_differences",
+    "batch_composition",
+)
+
+__all__ = [
+    "FAIL_ON",
+    "LEVELS",
+    "VERDICTS",
+    "AuditLevel",
+    "AuditReport",
+    "CheckResult",
+    "audit",
+    "fails_on",
+    "passed",
+    "verdict_of",
+    "write_audit",
+]

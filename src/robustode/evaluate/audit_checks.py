@@ -1,0 +1,395 @@
+"""The gradient-masking audit's building blocks: the paired margin rule, check results, and the
+checks that need no attack run (gradients, outputs, finite differences, batch composition).
+
+Every check returns a :class:`CheckResult`: ``status`` pass | fail | skipped, the
+``severity`` a failure implies (``masked`` or ``suspicious``), its evidence (plain
+numbers, JSON-ready) and a one-line message. The checks built on attack runs live
+in :mod:`robustode.evaluate.audit`, which orders them and reaches the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks.losses import cw_margin
+
+Status = Literal["pass", "fail", "skipped"]
+Severity = Literal["masked", "suspicious"]
+
+# The paired margin: a robust-accuracy difference between two attacks on the same points counts
+# only when it exceeds max(MARGIN_FLOOR, MARGIN_SIGMAS · sqrt(discordant) / n).
+MARGIN_FLOOR = 0.015
+MARGIN_SIGMAS = 2.0
+# Thresholds of the individual checks (docs/audit.md explains each).
+ZERO_GRADIENT_SHARE = 0.05
+EPS_GROWTH_FLOOR = 0.05
+LOSS_MOVING_SHARE = 0.1
+FD_MIN_MEDIAN_COSINE = 0.5
+BATCH_MIN_GRADIENT_COSINE = 0.9
+RANDOM_OUTPUT_RTOL = 1e-5
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome: what failing it implies and the numbers behind the status."""
+
+    name: str
+    group: str
+    status: Status
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.group,
+            "status": self.status,
+            "severity": self.severity,
+            "message": self.message,
+            "evidence": self.evidence,
+        }
+
+
+def passed(name: str, group: str, severity: Severity, message: str, **evidence) -> CheckResult:
+    return CheckResult(name, group, "pass", severity, message, evidence)
+
+
+def failed(name: str, group: str, severity: Severity, message: str, **evidence) -> CheckResult:
+    return CheckResult(name, group, "fail", severity, message, evidence)
+
+
+def skipped(name: str, group: str, severity: Severity, message: str, **evidence) -> CheckResult:
+    return CheckResult(name, group, "skipped", severity, message, evidence)
+
+
+def outcome(
+    bad: bool, name: str, group: str, severity: Severity, message: str, **evidence
+) -> CheckResult:
+    return (failed if bad else passed)(name, group, severity, message, **evidence)
+
+
+# ------------------------------------------------------------------ the margin rule
+def paired_margin(discordant: int, n: int) -> float:
+    """The smallest robust-accuracy difference (a fraction) that counts between two attacks
+    evaluated on the same ``n`` points, ``discordant`` of which are robust under one attack
+    but not the other: max(1.5 points, 2·sqrt(discordant)/n).
+
+    The second term is two standard deviations of the difference under McNemar's null (each
+    discordant point equally likely to fall either way), so a drop must be about twice its
+    noise; the floor keeps one or two odd points from deciding anything on small n.
+    """
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    if discordant < 0 or discordant > n:
+        raise ValueError(f"discordant must be in [0, {n}], got {discordant}")
+    return max(MARGIN_FLOOR, MARGIN_SIGMAS * math.sqrt(discordant) / n)
+
+
+def compare(robust: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """How far ``robust`` (per-point bools) lies below ``reference`` on the same points:
+    accuracies, drop (reference − robust), discordant count, margin, and whether it counts."""
+    if robust.shape != reference.shape or robust.dim() != 1 or robust.numel() == 0:
+        raise ValueError("compare needs two non-empty per-point vectors of the same length")
+    n = robust.numel()
+    discordant = int((robust != reference).sum())
+    acc, ref = robust.float().mean().item(), reference.float().mean().item()
+    margin = paired_margin(discordant, n)
+    return {
+        "accuracy": acc,
+        "reference": ref,
+        "drop": ref - acc,
+        "discordant": discordant,
+        "margin": margin,
+        "significant": (ref - acc) > margin + 1e-12,
+    }
+
+
+# ------------------------------------------------------------------ model helpers
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """Logits without gradient, in the audit's batches."""
+    chunk = batch_size or max(x.shape[0], 1)
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+def input_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int | None,
+    loss: str = "ce",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point loss and its input gradient (CE, or the CW margin with ``loss="margin"``)."""
+    chunk = batch_size or max(x.shape[0], 1)
+    losses, grads = [], []
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i : i + chunk].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = point_loss(model(xb), y[i : i + chunk], loss)
+            (g,) = torch.autograd.grad(value.sum(), xb)
+        losses.append(value.detach())
+        grads.append(g.detach())
+    return torch.cat(losses), torch.cat(grads)
+
+
+def point_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    return cw_margin(logits, y)
+
+
+def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine; NaN where both rows are zero, 0 where exactly one is."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a * b).sum(1) / (na * nb).clamp_min(1e-300)
+    cos = torch.where((na == 0) ^ (nb == 0), torch.zeros_like(cos), cos)
+    return torch.where((na == 0) & (nb == 0), torch.full_like(cos, math.nan), cos)
+
+
+# ------------------------------------------------------------------ gradient checks
+def check_zero_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int | None = None
+) -> CheckResult:
+    """Share of points whose CE input gradient at the clean input is all zero or non-finite."""
+    _, g = input_gradients(model, x, y, batch_size)
+    flat = g.flatten(1)
+    finite = torch.isfinite(flat).all(1)
+    zero = finite & (flat.abs().amax(1) == 0)
+    share = float((zero | ~finite).float().mean())
+    return outcome(
+        share > ZERO_GRADIENT_SHARE,
+        "zero_gradients",
+        "gradients",
+        "masked",
+        f"{share:.1%} of points have an all-zero or non-finite input gradient "
+        f"(fail above {ZERO_GRADIENT_SHARE:.0%})",
+        share=share,
+        zero=int(zero.sum()),
+        non_finite=int((~finite).sum()),
+        threshold=ZERO_GRADIENT_SHARE,
+    )
+
+
+def check_randomised_outputs(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int | None = None
+) -> CheckResult:
+    """The same inputs twice must give the same logits (else the model is randomised: use EOT)."""
+    first, second = batched_logits(model, x, batch_size), batched_logits(model, x, batch_size)
+    scale = max(float(first.abs().max()), 1.0)
+    diff = float((first - second).abs().max())
+    changed = int((first.argmax(1) != second.argmax(1)).sum())
+    return outcome(
+        diff > RANDOM_OUTPUT_RTOL * scale,
+        "randomised_outputs",
+        "gradients",
+        "suspicious",
+        f"the same inputs twice: logits differ by up to {diff:.3g}, {changed} predictions change"
+        + (" — randomised model, attack it with EOT" if diff > RANDOM_OUTPUT_RTOL * scale else ""),
+        max_logit_change=diff,
+        prediction_changes=changed,
+        tolerance=RANDOM_OUTPUT_RTOL * scale,
+    )
+
+
+def check_softmax_outputs(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int | None = None
+) -> CheckResult:
+    """Outputs that are already probabilities (rows ≥ 0 summing to 1) flatten CE's gradient."""
+    out = batched_logits(model, x, batch_size).double()
+    row_sums = out.sum(1)
+    probabilities = bool((out >= 0).all() and torch.allclose(row_sums, torch.ones_like(row_sums)))
+    return outcome(
+        probabilities,
+        "softmax_outputs",
+        "gradients",
+        "suspicious",
+        "outputs are probabilities (rows ≥ 0, sum 1): attack the logits instead"
+        if probabilities
+        else "outputs are logits, not probabilities",
+        min_output=float(out.min()),
+        max_row_sum_error=float((row_sums - 1).abs().max()),
+    )
+
+
+def check_noise_stability(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    *,
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> CheckResult:
+    """Prediction flips under uniform noise in the ε/4 L∞ ball (reported; it never fails)."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    clean = batched_logits(model, x, batch_size).argmax(1)
+    flips = []
+    for _ in range(draws):
+        noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * (eps / 4)
+        pred = batched_logits(model, (x + noise).clamp(0, 1), batch_size).argmax(1)
+        flips.append(pred != clean)
+    flipped = torch.stack(flips)
+    rate = float(flipped.float().mean())
+    return passed(
+        "noise_stability",
+        "gradients",
+        "suspicious",
+        f"random noise in the ε/4 ball flips {rate:.1%} of predictions "
+        f"({int(flipped.any(0).sum())} points flip at least once in {draws} draws); reported only",
+        flip_rate=rate,
+        points_flipped=int(flipped.any(0).sum()),
+        draws=draws,
+        noise_linf=eps / 4,
+    )
+
+
+def check_finite_differences(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    directions: int = 8,
+    h: float = 1e-3,
+    seed: int = 0,
+) -> CheckResult:
+    """Per point, cosine between the autograd directional derivatives g·u_j of the margin loss
+    and their central-difference estimates (L(x + h·u_j) − L(x − h·u_j)) / 2h, along
+    ``directions`` Gaussian directions u_j (unit RMS per pixel). All points move together, so
+    a batch-dependent model is differentiated in the batch it is evaluated in."""
+    if x.shape[0] == 0:
+        return skipped("finite_differences", "gradients", "masked", "no points")
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    _, g = input_gradients(model, x, y, None, loss="margin")
+    autograd_dd, fd_dd = [], []
+    for _ in range(directions):
+        u = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            plus = cw_margin(model(x + h * u), y).double()
+            minus = cw_margin(model(x - h * u), y).double()
+        fd_dd.append((plus - minus) / (2 * h))
+        autograd_dd.append((g.double() * u.double()).flatten(1).sum(1))
+    cos = cosine_rows(torch.stack(autograd_dd, 1), torch.stack(fd_dd, 1))
+    valid = cos[~torch.isnan(cos)]
+    if valid.numel() == 0:
+        return passed(
+            "finite_differences",
+            "gradients",
+            "masked",
+            "the loss is flat along every direction on every point; nothing to compare",
+            points=int(x.shape[0]),
+            directions=directions,
+            h=h,
+        )
+    median = float(valid.median())
+    return outcome(
+        median < FD_MIN_MEDIAN_COSINE,
+        "finite_differences",
+        "gradients",
+        "masked",
+        f"median cosine between autograd and finite-difference directional derivatives "
+        f"{median:.3f} over {valid.numel()} points (fail below {FD_MIN_MEDIAN_COSINE})",
+        median_cosine=median,
+        min_cosine=float(valid.min()),
+        share_below=float((valid < FD_MIN_MEDIAN_COSINE).float().mean()),
+        points=int(valid.numel()),
+        directions=directions,
+        h=h,
+        threshold=FD_MIN_MEDIAN_COSINE,
+    )
+
+
+def _step_grids(model: nn.Module, count: int) -> list[list[tuple[float, ...]]]:
+    """Per point, the accepted step start times of every ODE block's latest solve."""
+    from ..attacks.adaptive import ode_blocks
+
+    grids: list[list[tuple[float, ...]]] = [[] for _ in range(count)]
+    for block in ode_blocks(model):
+        record = block.last_record
+        if record is None:
+            continue
+        steps = record.accepted_steps()
+        for i in range(count):
+            own = steps[i] if record.per_sample else steps
+            grids[i].append(tuple(t0 for t0, _ in own))  # type: ignore[misc]
+    return grids
+
+
+def _same_grid(a: list[tuple[float, ...]], b: list[tuple[float, ...]], tol: float = 1e-4) -> bool:
+    """Same number of accepted steps in every block, step starts equal within ``tol``
+    (float noise of batched arithmetic moves a per-sample grid by far less)."""
+    return len(a) == len(b) and all(
+        len(ga) == len(gb) and all(abs(ta - tb) <= tol for ta, tb in zip(ga, gb, strict=True))
+        for ga, gb in zip(a, b, strict=True)
+    )
+
+
+def _logits_grads_grids(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    xb = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xb)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits[:keep], y[:keep], reduction="sum"), xb)
+    grids = _step_grids(model, x.shape[0])[:keep]
+    return logits[:keep].detach(), g[:keep].detach(), grids
+
+
+def check_batch_composition(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    others: torch.Tensor,
+) -> CheckResult:
+    """The same images alone (batches of one), together, and together with ``others`` as
+    batch-mates: logits, predictions, ODE step grids and input gradients must not change."""
+    p = x.shape[0]
+    dummy = torch.zeros(others.shape[0], dtype=y.dtype, device=y.device)
+    alone = [_logits_grads_grids(model, x[i : i + 1], y[i : i + 1], 1) for i in range(p)]
+    a_logits = torch.cat([a[0] for a in alone])
+    a_grads = torch.cat([a[1] for a in alone])
+    a_grids = [a[2][0] for a in alone]
+    b_logits, b_grads, b_grids = _logits_grads_grids(model, x, y, p)
+    m_logits, m_grads, m_grids = _logits_grads_grids(
+        model, torch.cat([x, others]), torch.cat([y, dummy]), p
+    )
+    logit_change = max(
+        float((a_logits - b_logits).abs().max()), float((m_logits - b_logits).abs().max())
+    )
+    preds = torch.stack([a_logits.argmax(1), b_logits.argmax(1), m_logits.argmax(1)])
+    pred_changes = int((preds != preds[0]).any(0).sum())
+    cos = torch.stack([cosine_rows(a_grads, b_grads), cosine_rows(m_grads, b_grads)])
+    cos = torch.nan_to_num(cos, nan=1.0)
+    min_cos = float(cos.min())
+    grid_changes = sum(
+        int(not (_same_grid(a_grids[i], b_grids[i]) and _same_grid(m_grids[i], b_grids[i])))
+        for i in range(p)
+    )
+    bad = pred_changes > 0 or min_cos < BATCH_MIN_GRADIENT_COSINE
+    return outcome(
+        bad,
+        "batch_composition",
+        "ode",
+        "suspicious",
+        f"alone / in batch / with other batch-mates: logits change by up to {logit_change:.3g}, "
+        f"{pred_changes} predictions change, {grid_changes} of {p} step grids change, "
+        f"min gradient cosine {min_cos:.3f} (fail on any prediction change or cosine < "
+        f"{BATCH_MIN_GRADIENT_COSINE})",
+        points=p,
+        max_logit_change=logit_change,
+        prediction_changes=pred_changes,
+        step_grid_changes=grid_changes,
+        min_gradient_cosine=min_cos,
+        threshold=BATCH_MIN_GRADIENT_COSINE,
+    )
