@@ -14,7 +14,8 @@ from typing import Any
 from ..io import write_bytes_atomic
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,15 +24,17 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path`` as a PNG atomically (never a half-written file) and close it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
     write_bytes_atomic(buffer.getvalue(), path)
 
 
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the plots the report has data for; return their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -51,8 +54,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.legend()
         ax.grid(alpha=0.3)
         path = out_dir / "robust_vs_steps.png"
-        _save(fig, path)
-        plt.close(fig)
+        save_png(fig, path)
         written.append(path)
 
     eps = report["curves"].get("eps")
@@ -68,8 +70,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.legend()
         ax.grid(alpha=0.3)
         path = out_dir / "robust_vs_eps.png"
-        _save(fig, path)
-        plt.close(fig)
+        save_png(fig, path)
         written.append(path)
 
     rows = report["attacks"]
@@ -82,8 +83,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.legend()
         path = out_dir / "per_attack.png"
-        _save(fig, path)
-        plt.close(fig)
+        save_png(fig, path)
         written.append(path)
     return written
 

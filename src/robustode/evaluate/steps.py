@@ -532,15 +532,9 @@ def studies_to_dict(studies: Sequence[StepStudy], **extra: Any) -> dict[str, Any
 def plot_steps(studies: Sequence[StepStudy], path) -> None:
     """Write ``steps.png``: per study and block, the grid points per iteration (batch grid as
     ticks, per-image grid points faint) and the mean grid change vs iteration."""
-    import io
+    from .plots import pyplot, save_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import write_bytes_atomic
-
+    plt = pyplot()
     panels = [b for s in studies for b in s.blocks]
     fig, axes = plt.subplots(len(panels), 2, figsize=(11, 2.6 * len(panels) + 0.6), squeeze=False)
     for block, (ax_grid, ax_change) in zip(panels, axes, strict=True):
@@ -585,7 +579,4 @@ def plot_steps(studies: Sequence[StepStudy], path) -> None:
             ax_change.set_title("fixed-step: the grid cannot move", fontsize=9)
     fig.suptitle(f"Adaptive step grids along {studies[0].attack['description']}", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(buf.getvalue(), path)
+    save_png(fig, path, dpi=110)

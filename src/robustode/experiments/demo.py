@@ -14,7 +14,6 @@ reports what it measures; if dopri5 shows no masking at this scale it says so.
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from collections.abc import Callable
@@ -270,11 +269,9 @@ def _has_ode(model) -> bool:
 
 def plot_demo(result: DemoResult, path: Path) -> None:
     """Grouped bars: robust accuracy per attack, one group per model."""
-    import matplotlib
+    from ..evaluate.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = [("clean", "clean")] + [(k, h) for k, h, _ in ATTACKS]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(result.rows)
@@ -290,7 +287,4 @@ def plot_demo(result: DemoResult, path: Path) -> None:
     ax.set_title(f"robustode demo: digits, L∞ ε = {EPS}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(buffer.getvalue(), path)
+    save_png(fig, path, dpi=110)
