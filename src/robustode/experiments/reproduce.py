@@ -251,7 +251,15 @@ def format_table(result: ReproduceResult) -> str:
                 ours = _pct(r.ours.get(c.key))
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: ours (paper), robust or clean accuracy in %."]
+    if table.kind == "steps":
+        lines += [
+            "",
+            "Grids: the accepted step start times of the first ODE block on the first 16 test "
+            "images (batch step control, as deployed), then t1; after k PGD L∞ iterations "
+            f"(ε 0.031, step 0.003). Iterations run: {', '.join(map(str, result.scale.pgd_iterations))}.",
+        ]
+    else:
+        lines += ["", "Cells: ours (paper), robust or clean accuracy in %."]
     lines += [f"- {n}" for n in list(table.notes) + scale_notes(table, result.scale)]
     return "\n".join(lines)
 
