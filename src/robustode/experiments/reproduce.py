@@ -232,6 +232,7 @@ def format_table(result: ReproduceResult) -> str:
         "",
     ]
     if table.kind == "steps":
+        ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
             "| row | PGD iterations | accepted grid (ours) | accepted grid (paper) |",
             "|---|---:|---|---|",
@@ -252,11 +253,12 @@ def format_table(result: ReproduceResult) -> str:
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     if table.kind == "steps":
+        ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
             "",
             "Grids: the accepted step start times of the first ODE block on the first 16 test "
             "images (batch step control, as deployed), then t1; after k PGD L∞ iterations "
-            f"(ε 0.031, step 0.003). Iterations run: {', '.join(map(str, result.scale.pgd_iterations))}.",
+            f"(ε 0.031, step 0.003). Iterations run: {ran}.",
         ]
     else:
         lines += ["", "Cells: ours (paper), robust or clean accuracy in %."]
