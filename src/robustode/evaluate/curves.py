@@ -104,14 +104,25 @@ def plan_curves(
     return plan
 
 
-def steps_curve(first_adversarial: torch.Tensor, steps: int) -> list[dict[str, Any]]:
-    """Robust accuracy of PGD-k at k ∈ STEP_GRID ∩ [1, steps] (and ``steps`` itself)."""
+def steps_curve(
+    first_adversarial: torch.Tensor, steps: int, robust: torch.Tensor | None = None
+) -> list[dict[str, Any]]:
+    """Robust accuracy of PGD-k at k ∈ STEP_GRID ∩ [1, steps] (and ``steps`` itself).
+
+    ``robust``: the run's own verdict per point (its returned point, re-evaluated). A model
+    whose output for an image depends on its batch-mates (batch-shared adaptive step
+    control) can be adversarial inside the attack's shrinking batch and not in the
+    evaluation batch; such a point counts as robust at every k, so the curve ends at the
+    run's robust accuracy instead of below it.
+    """
     first = first_adversarial.long()
     grid = sorted({k for k in STEP_GRID if k <= steps} | {steps})
     rows = []
     for k in grid:
-        robust = (first < 0) | (first > k)
-        rows.append({"steps": k, "robust_accuracy": int(robust.sum()) / robust.numel()})
+        robust_k = (first < 0) | (first > k)
+        if robust is not None:
+            robust_k = robust_k | robust.to(robust_k.device)
+        rows.append({"steps": k, "robust_accuracy": int(robust_k.sum()) / robust_k.numel()})
     return rows
 
 

@@ -350,7 +350,7 @@ def _curves(plan: CurvePlan, points: dict[str, PointResults]) -> dict[str, Any]:
                 "norm": attack.threat.norm,
                 "eps": attack.threat.eps,
                 "max_steps": k,
-                "points": steps_curve(first, k),
+                "points": steps_curve(first, k, points[spec.id].robust),
             }
     if plan.eps:
         curves["eps"] = {
