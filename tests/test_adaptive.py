@@ -28,7 +28,7 @@ def _digits(n: int = 96):
 
 
 def _trained_soblock(method: str, **options) -> torch.nn.Module:
-    """A small SOBlock trained naturally on digits for a few hundred steps (seconds)."""
+    """A small SOBlock trained naturally on digits for two epochs (seconds)."""
     torch.manual_seed(0)
     model = create_model(
         "soblock", width=4, in_channels=1, num_classes=10, method=method, **options
@@ -38,7 +38,7 @@ def _trained_soblock(method: str, **options) -> torch.nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(3):
+    for _ in range(2):
         for idx in torch.randperm(len(y), generator=g).split(64):
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
