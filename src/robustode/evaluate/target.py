@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data import load_dataset
-from ..train.checkpoint import CHECKPOINT_DIR, CheckpointError, find_checkpoint, read_checkpoint
+from ..train.checkpoint import CHECKPOINT_DIR, read_weights
 
 
 @dataclass
@@ -76,39 +76,18 @@ def load_target(
     """Load ``path`` — a run folder, a checkpoint ``.json`` or a weights ``.safetensors`` —
     with the model rebuilt by ``create_model`` in eval mode. ``data``/``data_dir`` override
     (or, for a bare weights file, supply) the dataset the run was trained on."""
-    from safetensors.torch import load_file
-
     from ..models import create_model
-    from ..train.checkpoint import _model_config_of
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist; give a run folder or a checkpoint file")
-    run_dir: Path | None = None
-    config: dict[str, Any] = {}
-    if path.is_dir():
-        folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-        checkpoint = find_checkpoint(folder)
-        if checkpoint is None:
-            raise CheckpointError(f"{path} holds no checkpoint")
-        run_dir = path if folder != path else path.parent
-        state, model_config, config = (
-            checkpoint.model_state,
-            checkpoint.model_config,
-            checkpoint.config,
-        )
-    elif path.suffix == ".json":
-        checkpoint = read_checkpoint(path)
-        state, model_config, config = (
-            checkpoint.model_state,
-            checkpoint.model_config,
-            checkpoint.config,
-        )
-    elif path.suffix == ".safetensors":
-        model_config = _model_config_of(path)
-        state = load_file(str(path))
-    else:
+    if not path.is_dir() and path.suffix not in (".json", ".safetensors"):
         raise ValueError(f"{path} is neither a run folder nor a checkpoint (.json or .safetensors)")
+    run_dir: Path | None = None
+    if path.is_dir():
+        # a run folder holds checkpoints/; a folder of checkpoints is inside its run folder
+        run_dir = path if (path / CHECKPOINT_DIR).is_dir() else path.parent
+    state, model_config, config = read_weights(path)
     model = create_model(**model_config)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()

@@ -263,13 +263,13 @@ def _model_config_of(path: Path) -> dict[str, Any]:
     return json.loads(metadata["model_config"])
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of a run folder's latest checkpoint, a checkpoint's ``.json``, or a weights
-    ``.safetensors`` file: rebuilt with ``create_model`` from its ``model_config`` and loaded
-    strictly, in eval mode."""
+def read_weights(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(model state, model_config, the run's training config) of a run folder's latest
+    checkpoint, a checkpoint's ``.json``, or a weights ``.safetensors`` file (whose training
+    config is unknown: ``{}``). Verified, never unpickled."""
     from safetensors.torch import load_file
-
-    from ..models import create_model
 
     path = Path(path)
     if path.is_dir():
@@ -277,13 +277,20 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch
         checkpoint = find_checkpoint(folder)
         if checkpoint is None:
             raise CheckpointError(f"{path} holds no checkpoint")
-        state, model_config = checkpoint.model_state, checkpoint.model_config
-    elif path.suffix == ".json":
+        return checkpoint.model_state, checkpoint.model_config, checkpoint.config
+    if path.suffix == ".json":
         checkpoint = read_checkpoint(path)
-        state, model_config = checkpoint.model_state, checkpoint.model_config
-    else:
-        model_config = _model_config_of(path)
-        state = load_file(str(path))
+        return checkpoint.model_state, checkpoint.model_config, checkpoint.config
+    return load_file(str(path)), _model_config_of(path), {}
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of a run folder's latest checkpoint, a checkpoint's ``.json``, or a weights
+    ``.safetensors`` file: rebuilt with ``create_model`` from its ``model_config`` and loaded
+    strictly, in eval mode."""
+    from ..models import create_model
+
+    state, model_config, _ = read_weights(path)
     model = create_model(**model_config)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
