@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.ode_block import ODEBlock
+from ..nn.ode_block import ODEBlock, named_ode_blocks
 from ..ode import SolverConfig
 from .base import Attack, AttackInputError, AttackResult, model_mode
 
@@ -46,7 +46,7 @@ SUBSTITUTES = ("fixed", "tight", "per_sample", "detached")
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     """Every ODE block of ``model``, in module order (any ``nn.Module``, not only ours)."""
-    return [m for m in model.modules() if isinstance(m, ODEBlock)]
+    return [block for _, block in named_ode_blocks(model)]
 
 
 def has_ode_blocks(model: nn.Module) -> bool:

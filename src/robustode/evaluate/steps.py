@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.ode_block import ODEBlock
+from ..nn.ode_block import ODEBlock, named_ode_blocks
 
 DEFAULT_ITERATIONS = (1, 100, 1000)
 
@@ -55,7 +55,7 @@ def find_ode_blocks(model: nn.Module) -> list[tuple[str, ODEBlock]]:
     """(module path, block) of every ODE block of ``model``, in module order.
 
     Raises one ValueError when there is none (there is no grid to study)."""
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, ODEBlock)]
+    blocks = list(named_ode_blocks(model))
     if not blocks:
         raise ValueError(
             f"the model ({type(model).__name__}) has no ODE blocks, so it has no step grids to "

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..nn import ODEBlock
+from ..nn.ode_block import named_ode_blocks
 from ..nn.perturbation import PerturbationFn, perturbation_points, perturbed
 
 
@@ -59,9 +60,7 @@ class RobustModel(nn.Module):
     # ------------------------------------------------------------ ODE blocks
     def named_ode_blocks(self) -> Iterator[tuple[str, ODEBlock]]:
         """(module path, block) for every ODE block, in forward order."""
-        for name, module in self.named_modules():
-            if isinstance(module, ODEBlock):
-                yield name, module
+        yield from named_ode_blocks(self)
 
     def ode_blocks(self) -> Iterator[ODEBlock]:
         """Every ODE block, in forward order (none for a plain ResNet)."""

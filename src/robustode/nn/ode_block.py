@@ -7,6 +7,8 @@ its latest forward pass, so callers read step grids and NFE from the block
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from torch import nn
 
 from ..ode import SolverConfig, StepRecord
@@ -34,3 +36,10 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"solver={self.solver.describe()}"
+
+
+def named_ode_blocks(model: nn.Module) -> Iterator[tuple[str, ODEBlock]]:
+    """(module path, block) for every ODE block of any module, in forward (module) order."""
+    for name, module in model.named_modules():
+        if isinstance(module, ODEBlock):
+            yield name, module
