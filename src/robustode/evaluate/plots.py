@@ -32,6 +32,32 @@ def save_png(fig, path: Path, dpi: int = 120) -> None:
     write_bytes_atomic(buffer.getvalue(), path)
 
 
+def _curve(
+    points: list[dict[str, Any]],
+    xs: list[float],
+    clean: float,
+    path: Path,
+    *,
+    xlabel: str,
+    xscale: dict[str, float],
+    title: str,
+    xlim: tuple[float, float] | None = None,
+) -> None:
+    """One robust-accuracy curve on a log x axis, with the clean accuracy as a line."""
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
+    ax.plot(xs, [100 * p["robust_accuracy"] for p in points], marker="o")
+    ax.set_xscale("log", **xscale)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.axhline(clean, color="gray", linestyle="--", label="clean")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_png(fig, path)
+
+
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the plots the report has data for; return their paths."""
     plt = pyplot()
@@ -42,35 +68,32 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     steps = report["curves"].get("steps")
     if steps and steps["points"]:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
         ks = [p["steps"] for p in steps["points"]]
-        ax.plot(ks, [100 * p["robust_accuracy"] for p in steps["points"]], marker="o")
-        ax.set_xscale("log")
-        ax.set_xlim(1, max(ks) if max(ks) > 1 else 2)
-        ax.set_xlabel("PGD iterations")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"robust accuracy vs steps ({steps['attack']})", fontsize=9)
-        ax.axhline(clean, color="gray", linestyle="--", label="clean")
-        ax.legend()
-        ax.grid(alpha=0.3)
         path = out_dir / "robust_vs_steps.png"
-        save_png(fig, path)
+        _curve(
+            steps["points"],
+            ks,
+            clean,
+            path,
+            xlabel="PGD iterations",
+            xscale={"base": 10},
+            xlim=(1, max(ks) if max(ks) > 1 else 2),
+            title=f"robust accuracy vs steps ({steps['attack']})",
+        )
         written.append(path)
 
     eps = report["curves"].get("eps")
     if eps and eps["points"]:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = [p["eps_255"] for p in eps["points"]]
-        ax.plot(xs, [100 * p["robust_accuracy"] for p in eps["points"]], marker="o")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("ε (×1/255)")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"robust accuracy vs ε (PGD-{eps['steps']} L∞)", fontsize=9)
-        ax.axhline(clean, color="gray", linestyle="--", label="clean")
-        ax.legend()
-        ax.grid(alpha=0.3)
         path = out_dir / "robust_vs_eps.png"
-        save_png(fig, path)
+        _curve(
+            eps["points"],
+            [p["eps_255"] for p in eps["points"]],
+            clean,
+            path,
+            xlabel="ε (×1/255)",
+            xscale={"base": 2},
+            title=f"robust accuracy vs ε (PGD-{eps['steps']} L∞)",
+        )
         written.append(path)
 
     rows = report["attacks"]
