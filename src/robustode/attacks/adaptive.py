@@ -128,9 +128,15 @@ class SolverSubstitute(nn.Module):
     def describe(self) -> str:
         return f"{self.substitute}: " + ", ".join(s.describe() for s in self._substitutes)
 
+    @property
+    def identical(self) -> bool:
+        """Every substitute is the deployed solver (fixed-step blocks): nothing to swap."""
+        return all(b.solver == s for b, s in zip(self._blocks, self._substitutes, strict=True))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return self.model(x)  # no gradient wanted: the deployed model alone
+        if self.identical or not (torch.is_grad_enabled() and x.requires_grad):
+            # no gradient wanted, or the substitute would compute the deployed pass again
+            return self.model(x)
         with torch.no_grad():
             deployed = self.model(x)
         with solvers_replaced(self._blocks, self._substitutes):
@@ -203,7 +209,7 @@ class SolverSubstitution(Attack):
             return self.attack.run(wrapped, x, y, trace=trace)
         plain = self.attack.run(model, x, y, trace=trace)
         todo = torch.nonzero(plain.robust).squeeze(1)
-        if todo.numel() == 0:
+        if todo.numel() == 0 or wrapped.identical:  # a second pass would repeat the first
             return plain
         sub = self.attack.run(wrapped, x[todo], y[todo])
         x_adv, queries = plain.x_adv.clone(), plain.queries.clone()
