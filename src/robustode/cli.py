@@ -710,12 +710,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         specs = resolve_attacks(suite, args.attacks, target.model)
         x, y = target.test_images(args.n)
         out = args.out or target.default_out_dir("eval")
-        meta = {
-            "source": str(target.source),
-            "model_config": target.model_config,
-            "weights_sha256": target.weights_sha256,
-            "data": {"name": target.data, "data_dir": target.data_dir, "seed": target.data_seed},
-        }
+        meta = target.report_meta()
         result = run_evaluation(
             target.model,
             x,

@@ -40,6 +40,16 @@ class Target:
             return self.run_dir / command
         return self.source.with_name(f"{self.source.stem}-{command}")
 
+    def report_meta(self) -> dict[str, Any]:
+        """What an evaluation report says about the model and its data (``run_evaluation``'s
+        ``meta``)."""
+        return {
+            "source": str(self.source),
+            "model_config": self.model_config,
+            "weights_sha256": self.weights_sha256,
+            "data": {"name": self.data, "data_dir": self.data_dir, "seed": self.data_seed},
+        }
+
     def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test images in order (all if None): float32 in [0, 1], int64 labels,
         on the model's device."""

@@ -223,12 +223,7 @@ def run_demo(
             progress=False,
             curve_steps=0,
             eps_grid=(0.05, 0.2, 0.3),
-            meta={
-                "source": str(run_dir),
-                "model_config": target.model_config,
-                "weights_sha256": target.weights_sha256,
-                "data": target.data,
-            },
+            meta=target.report_meta(),
         )
         t_eval = time.perf_counter() - t0
         by_id = {a["id"]: a["robust_accuracy"] for a in evaluation.report["attacks"]}

@@ -304,12 +304,7 @@ def _evaluate_row(
         curve_steps=0,
         eps_grid=(),
         plots=False,
-        meta={
-            "source": str(run_dir),
-            "model_config": target.model_config,
-            "weights_sha256": target.weights_sha256,
-            "data": target.data,
-        },
+        meta=target.report_meta(),
         stream=sys.stderr,
     )
     ours: dict[str, float | None] = {"clean": result.report["clean_accuracy"]}
