@@ -37,17 +37,20 @@ def crop_flip(
 ) -> torch.Tensor:
     """Per-image crops of the zero-padded batch at offsets (dy, dx), flipped where ``flip``.
 
-    One gather for the whole batch: row and column indices are built per image, and a
-    flipped window is the same window read with its columns backwards.
+    One ``gather`` over each padded image flattened to H'·W' pixels: a pixel's source is
+    ``row·W' + col``, and a flipped window is the same window read with its columns
+    backwards. The single flat index per image (shared by the channels through
+    ``expand``) is what makes this ~5× faster on CPU than advanced indexing with four
+    broadcast index tensors (benchmarks/bench_data.py).
     """
     b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded_w = w + 2 * padding
+    padded = F.pad(x, (padding, padding, padding, padding)).reshape(b, c, -1)
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    source = (rows[:, :, None] * padded_w + cols[:, None, :]).reshape(b, 1, h * w)
+    return padded.gather(2, source.expand(b, c, h * w)).reshape(b, c, h, w)
 
 
 class DeviceLoader:
