@@ -17,7 +17,6 @@ more than 1 point above the peer's.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from .attack_peers import (
     train_pgd_model,
     train_small_model,
 )
+from .section import Section
 from .timing import interleaved_medians
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
@@ -100,9 +100,9 @@ def table(rows: list[dict]) -> str:
 
 def run(data: Path, images: int, repeats: int, *, quick: bool = False, names=ISSUE_ATTACKS) -> dict:
     """Train both models, run every pair on both; returns the JSON-ready result."""
-    x_train, y_train = read_cifar(data, "train")
+    x_train, y_train = read_cifar(data, "train", 2000 if quick else None)
     x, y = read_cifar(data, "test", images)
-    epochs = 2 if quick else 6
+    epochs = 1 if quick else 6
     models: dict[str, nn.Module] = {}
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -133,6 +133,22 @@ def run(data: Path, images: int, repeats: int, *, quick: bool = False, names=ISS
     }
 
 
+def section(
+    quick: bool = False, data: Path = DEFAULT_DATA, images: int = 500, repeats: int = 5
+) -> Section:
+    """Quick: 100 images, 3 repeats, 1-epoch models, small Square/SPSA budgets."""
+    images, repeats = (100, 3) if quick else (images, repeats)
+    result = run(data, images, repeats, quick=quick)
+    clean = ", ".join(f"{k} {100 * v:.1f} %" for k, v in result["clean"].items())
+    return Section(
+        "attacks",
+        f"Attacks vs torchattacks — {images} CIFAR-10 test images, small CNN (clean: {clean})",
+        "python -m benchmarks.bench_attacks" + (" --quick" if quick else ""),
+        table(result["rows"]),
+        result,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,12 +162,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    images, repeats = (100, 3) if args.quick else (args.images, args.repeats)
-    result = run(args.data, images, repeats, quick=args.quick)
+    result = section(args.quick, args.data, args.images, args.repeats)
     print()
-    print(table(result["rows"]))
+    print(result.table)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        result.write_json(args.json)
 
 
 if __name__ == "__main__":

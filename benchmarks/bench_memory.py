@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import torch
+
+from .section import Section
 
 # (label, adjoint, backend)
 CONFIGS = [
@@ -147,6 +148,35 @@ def table(rows: list[dict], comparisons: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def section(
+    quick: bool = False,
+    width: int = 32,
+    batch: int = 64,
+    method: str = "dopri5",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Section:
+    """Quick: width 8, batch 16; full: width 32, batch 64 (the issue's SONet)."""
+    width, batch = (8, 16) if quick else (width, batch)
+    rows = run(width, batch, method, device, threads or torch.get_num_threads())
+    comparisons = ratios(rows)
+    return Section(
+        "memory",
+        f"Peak memory — SONet width {width}, batch {batch}, {method} (tol 0.1), "
+        f"forward+backward on {device}",
+        "python -m benchmarks.bench_memory" + (" --quick" if quick else ""),
+        table(rows, comparisons),
+        {
+            "width": width,
+            "batch": batch,
+            "method": method,
+            "device": device,
+            "rows": rows,
+            "ratios": comparisons,
+        },
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="width 8, batch 16")
@@ -164,25 +194,11 @@ def main() -> None:
             torch.set_num_threads(threads)
         print(json.dumps(measure_one(width, batch, adjoint, backend, method, device)))
         return
-    width, batch = (8, 16) if args.quick else (args.width, args.batch)
-    rows = run(width, batch, args.method, args.device, args.threads or torch.get_num_threads())
-    comparisons = ratios(rows)
+    result = section(args.quick, args.width, args.batch, args.method, args.device, args.threads)
     print()
-    print(table(rows, comparisons))
+    print(result.table)
     if args.json:
-        meta = {
-            "benchmark": "memory-sonet-adjoint",
-            "device": args.device,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "width": width,
-            "batch": batch,
-            "method": args.method,
-            "rows": rows,
-            "ratios": comparisons,
-        }
-        with open(args.json, "w") as f:
-            json.dump(meta, f, indent=2)
+        result.write_json(args.json)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ trainer does per batch. Pairs are timed interleaved (A B A B …, median of
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from collections.abc import Callable
 
 import torch
@@ -24,6 +22,7 @@ import torch
 from robustode.defenses import create_defense
 from robustode.models import create_model
 
+from .section import Section
 from .timing import interleaved_medians
 
 # (label, defense A, options A, defense B, options B, target ratio A/B or None)
@@ -114,6 +113,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def section(quick: bool = False, batch: int = 128, repeats: int = 5) -> Section:
+    """Quick: resnet10 width 16 at batch 32, 3 repeats; full: resnet10 w64 and preact56."""
+    models = {"resnet10": {"width": 16}} if quick else MODELS
+    batch, repeats = (32, 3) if quick else (batch, repeats)
+    rows = run(models, batch, repeats)
+    return Section(
+        "training",
+        f"Training step per defense (batch {batch}, one step = loss, backward, SGD)",
+        "python -m benchmarks.bench_training" + (" --quick" if quick else ""),
+        table(rows),
+        {"batch": batch, "repeats": repeats, "rows": rows},
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="resnet10 width 16, batch 32, 3 repeats")
@@ -121,25 +134,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    models = {"resnet10": {"width": 16}} if args.quick else MODELS
-    batch = 32 if args.quick else args.batch
-    repeats = 3 if args.quick else args.repeats
-    rows = run(models, batch, repeats)
+    result = section(args.quick, args.batch, args.repeats)
     print()
-    print(table(rows))
+    print(result.table)
     if args.json:
-        meta = {
-            "benchmark": "training-step-defenses",
-            "device": "cpu",
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "batch": batch,
-            "repeats": repeats,
-            "rows": rows,
-        }
-        with open(args.json, "w") as f:
-            json.dump(meta, f, indent=2)
+        result.write_json(args.json)
 
 
 if __name__ == "__main__":

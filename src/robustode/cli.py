@@ -886,6 +886,84 @@ def _run_audit(args: argparse.Namespace) -> int:
     return 1 if fails_on(report.verdict, args.fail_on) else 0
 
 
+# --------------------------------------------------------------------- bench
+BENCH_SECTIONS = ("ode", "memory", "attacks", "training", "data")
+_BENCH_PEERS = {"ode": "torchdiffeq", "memory": "torchdiffeq", "attacks": "torchattacks"}
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``robustode bench`` (also ``python -m benchmarks.suite``)."""
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and 3 repeats: a sanity run of every section (under 3 minutes on "
+        "2 cores); the figures in benchmarks/RESULTS.md come from the full run",
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(BENCH_SECTIONS),
+        metavar="NAMES",
+        help="comma-separated sections to run, in this order (default: all: "
+        f"{','.join(BENCH_SECTIONS)})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench"),
+        help="folder for bench.md and bench.json, rewritten after each section "
+        "(default: runs/bench)",
+    )
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark robustode against its peers (torchdiffeq, torchattacks, DataLoader)",
+        description=(
+            "Run the benchmarks/ suite from a source checkout: ODE solves vs torchdiffeq, "
+            "adjoint memory, attacks vs torchattacks on CIFAR-10 test images, training step "
+            "per defense, and the data pipeline. Every time is a ratio against the peer, "
+            "measured interleaved in the same run. Prints Markdown tables and writes "
+            "bench.md and bench.json. Needs the test extras (bash scripts/setup.sh test)."
+        ),
+    )
+    bench_arguments(p)
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCH_SECTIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"--only: unknown section {', '.join(map(repr, unknown)) or repr(args.only)}; "
+            f"choose from {', '.join(BENCH_SECTIONS)} (comma-separated)"
+        )
+    missing = sorted(
+        {_BENCH_PEERS[n] for n in names if n in _BENCH_PEERS}
+        - {m for m in _BENCH_PEERS.values() if importlib.util.find_spec(m)}
+    )
+    if missing:
+        raise ValueError(
+            f"the benchmarks compare against {', '.join(missing)}, which is not installed; "
+            "install the test extras with: bash scripts/setup.sh test"
+        )
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "suite.py").is_file():
+        raise ValueError(
+            "robustode bench runs the benchmarks/ folder of a source checkout, and this "
+            f"installation has none (looked in {root}); clone the repository and install it "
+            "with pip install -e ."
+        )
+    sys.path.insert(0, str(root))
+    from benchmarks.suite import run_from_args
+
+    return run_from_args(names, args, "robustode bench")
+
+
 # --------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -905,6 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(sub)
     _add_steps(sub)
     _add_reproduce(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,37 @@
+"""``robustode bench``: the suite's output files and its one-line errors (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from robustode.cli import main
+
+
+def test_bench_writes_tables_and_json_and_says_when_no_gpu_figure_was_taken(
+    tmp_path, capsys, one_thread
+):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--only", "data", "--out", str(out)]) == 0
+    md = (out / "bench.md").read_text()
+    result = json.loads((out / "bench.json").read_text())
+    assert "command: `robustode bench --quick --only data`" in md
+    assert "| workers (peer) | images/s ours |" in md
+    assert result["environment"]["torch"] == torch.__version__
+    (section,) = result["sections"]
+    (row,) = section["rows"]
+    assert row["images"] == 5000 and row["speedup"] > 0
+    assert row["met"] == (row["speedup"] >= 5.0)
+    if not torch.cuda.is_available():
+        assert "no GPU figure was taken" in md
+
+
+def test_bench_bad_section_is_one_line(capsys, tmp_path):
+    assert main(["bench", "--only", "ode,gpuz", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "robustode: error: --only: unknown section 'gpuz'; choose from ode, memory, attacks, "
+        "training, data (comma-separated)"
+    ]
+    assert not any(tmp_path.iterdir())  # nothing written before the input was checked
