@@ -24,7 +24,7 @@ SectionFn = Callable[[bool], Section]
 
 def _sections() -> dict[str, SectionFn]:
     # imported here: each module pulls in its peer (torchdiffeq, torchattacks) on import
-    from . import bench_attacks, bench_data, bench_memory, bench_ode, bench_training
+    from . import bench_attacks, bench_data, bench_gpu, bench_memory, bench_ode, bench_training
 
     return {
         "ode": lambda quick: bench_ode.section(quick),
@@ -32,10 +32,11 @@ def _sections() -> dict[str, SectionFn]:
         "attacks": lambda quick: bench_attacks.section(quick),
         "training": lambda quick: bench_training.section(quick),
         "data": lambda quick: bench_data.section(quick),
+        "gpu": lambda quick: bench_gpu.section(quick, "cuda"),
     }
 
 
-NAMES = ("ode", "memory", "attacks", "training", "data")
+NAMES = ("ode", "memory", "attacks", "training", "data", "gpu")
 
 
 def heading(env: dict, command: str, quick: bool) -> str:
@@ -70,6 +71,9 @@ def run_suite(
     sections: list[Section] = []
     functions = _sections()
     for name in names:
+        if name == "gpu" and not torch.cuda.is_available():
+            log("[bench] gpu: skipped — no CUDA device, so no GPU figure was taken")
+            continue
         log(f"[bench] {name} …")
         start = time.perf_counter()
         section = functions[name](quick)
