@@ -1,0 +1,421 @@
+"""Faults: killed processes, full or read-only disks, non-finite losses, solvers that give up,
+models that return NaN. Each test states its figures in its assertion messages.
+
+The killed processes are real ``python -m robustode`` processes (or a small wrapper that
+plants a pause inside one file write, then runs the same command line) killed with
+SIGKILL; everything else runs in this process. Models are width-4 ResNet10s on 8×8
+images, a few steps per epoch, one thread, so that the whole file stays short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robustode.cli import main
+from robustode.train import find_checkpoint, read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# the subprocesses compute on one thread, as this process does (one_thread): bitwise equal
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+# ---------------------------------------------------------------- killed training
+# A wrapper that runs ``robustode`` with one pause planted in its writes: it writes a
+# marker file, then sleeps until the test kills it. argv: STAGE TARGET MARKER robustode-args…
+#   torn-tmp       TARGET's temporary file holds half its bytes
+#   before-rename  TARGET's temporary file is complete, the rename has not happened
+#   before-write   nothing of TARGET is written yet (the files before it are)
+#   mid-prune      the JSON of the checkpoint being pruned is deleted, its tensors are not
+#   torn-metrics   metrics.jsonl ends in half a record line
+# TARGET is NAME@K: the K-th write of a file called NAME (K-th epoch's line for metrics).
+PAUSE_WRAPPER = """
+import os, sys, time
+from pathlib import Path
+
+import robustode.io as rio
+import robustode.train.checkpoint as checkpoint
+import robustode.train.loop as loop
+import robustode.train.run_folder as run_folder
+from robustode.cli import main
+
+stage, target, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+name, _, nth = target.partition("@")
+nth = int(nth or 1)
+seen = {"count": 0}
+
+
+def pause():
+    marker.write_text(stage)
+    time.sleep(600)  # until SIGKILL
+
+
+def hit(file_name):
+    if file_name != name:
+        return False
+    seen["count"] += 1
+    return seen["count"] == nth
+
+
+def write_tmp(data, path):
+    with path.with_name(path.name + ".tmp").open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+original_write = rio.write_bytes_atomic
+
+
+def write_bytes_atomic(data, path):
+    path = Path(path)
+    if stage in ("torn-tmp", "before-rename", "before-write") and hit(path.name):
+        if stage == "torn-tmp":
+            write_tmp(data[: len(data) // 2], path)
+        elif stage == "before-rename":
+            write_tmp(data, path)
+        pause()
+    return original_write(data, path)
+
+
+rio.write_bytes_atomic = write_bytes_atomic
+checkpoint.write_bytes_atomic = write_bytes_atomic
+run_folder.write_bytes_atomic = write_bytes_atomic
+
+original_unlink = Path.unlink
+
+
+def unlink(self, missing_ok=False):
+    original_unlink(self, missing_ok=missing_ok)
+    if stage == "mid-prune" and hit(self.name):
+        pause()
+
+
+Path.unlink = unlink
+original_append = run_folder.append_metrics
+
+
+def append_metrics(run_dir, record):
+    if stage == "torn-metrics" and record["epoch"] == nth:
+        import json
+
+        line = json.dumps(record) + "\\n"
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(line[: len(line) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+        pause()
+    original_append(run_dir, record)
+
+
+loop.append_metrics = append_metrics
+sys.exit(main(sys.argv[4:]))
+"""
+
+EPOCHS = 4
+TRAIN = {
+    "model": "resnet10",
+    "model_options": {"width": 4},
+    "data": "npz",
+    "defense": "noise",  # draws from the global RNG every step: the RNG state must resume
+    "augment": True,  # the loader's crops and flips follow (seed, epoch)
+    "epochs": EPOCHS,
+    "batch_size": 16,
+    "max_steps_per_epoch": 3,
+    "eval_subset": 0,
+    "keep_checkpoints": 2,  # pruning happens, and can be interrupted
+    "device": "cpu",
+}
+
+# (stage, target) of the trials that are killed inside a write, and what the kill leaves
+MID_WRITE = [
+    ("torn-tmp", "epoch-0002.safetensors@1"),  # half a weights file, under its .tmp name
+    ("before-write", "epoch-0003.json@1"),  # both tensor files of epoch 3, no JSON
+    ("before-rename", "latest.json@3"),  # epoch 3 complete, latest.json still names 2
+    ("mid-prune", "epoch-0001.json@1"),  # epoch 1's JSON deleted, its tensors not yet
+    ("torn-metrics", "metrics.jsonl@2"),  # half of epoch 2's line in metrics.jsonl
+]
+RANDOM_TRIALS = 5
+
+
+def _npz(path: Path) -> Path:
+    """64 random 8×8 grey images of 10 classes: no dataset import in the subprocesses."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 8, 8, 1), dtype=np.uint8)
+    np.savez(path, x=x, y=rng.integers(0, 10, size=64))
+    return path
+
+
+def _train_argv(run: Path, data: Path) -> list[str]:
+    argv = ["train", "--run-dir", str(run), "--no-progress-bar"]
+    for key, value in TRAIN.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "model_options":
+            argv += [f"--model-opt={k}={v}" for k, v in value.items()]
+        elif isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return [*argv, "--data-dir", str(data)]
+
+
+def _tensors(run: Path, epoch: int) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: weights, optimiser buffers, RNG states."""
+    folder = run / "checkpoints"
+    stem = f"epoch-{epoch:04d}"
+    weights = load_file(folder / f"{stem}.safetensors")
+    state = load_file(folder / f"{stem}.state.safetensors")
+    return {**{f"w.{k}": v for k, v in weights.items()}, **{f"s.{k}": v for k, v in state.items()}}
+
+
+def _untimed(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(run)]
+
+
+def _listing(run: Path) -> list[str]:
+    return sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> bool:
+    """Poll until ``path`` exists; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            return path.exists()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.002)
+    return True
+
+
+def _kill(process: subprocess.Popen) -> bool:
+    """SIGKILL ``process``; True if it was still running (a real kill)."""
+    alive = process.poll() is None
+    if alive:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    return alive and process.returncode == -signal.SIGKILL
+
+
+def _interrupted_write(folder: Path) -> bool:
+    """Whether ``folder`` shows a checkpoint write cut short: a *.tmp, tensor files with no
+    JSON, or a checkpoint newer than the one latest.json names."""
+    if not folder.is_dir():
+        return False
+    if any(p.suffix == ".tmp" for p in folder.iterdir()):
+        return True
+    epochs_json = {int(p.name[6:10]) for p in folder.glob("epoch-*.json")}
+    epochs_any = {int(p.name[6:10]) for p in folder.glob("epoch-*")}
+    latest = folder / "latest.json"
+    named = json.loads(latest.read_text())["epoch"] if latest.exists() else None
+    return epochs_any != epochs_json or (bool(epochs_json) and named != max(epochs_json))
+
+
+def _trial(
+    run: Path, data: Path, command: list[str], signal_file: Path, delay: float
+) -> tuple[bool, str]:
+    """Start ``command``, wait for ``signal_file``, wait ``delay`` s more, SIGKILL it; then
+    check what --resume will find. (Was it killed, the checkpoint epoch found or '-'.)"""
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        started = _wait_for(signal_file, process)
+        time.sleep(delay)
+        killed = _kill(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stderr = process.stderr.read().decode()
+        process.stderr.close()
+    assert started, f"{command[1:4]} ended before {signal_file.name}: {stderr[-2000:]}"
+    # what --resume will find: a checkpoint that verifies (the SHA-256 of both tensor
+    # files), never a *.tmp; or none, if the kill came before the first one was complete
+    folder = run / "checkpoints"
+    found = find_checkpoint(folder)
+    if found is None:
+        assert not list(folder.glob("epoch-*.json")), _listing(run)
+        return killed, "-"
+    meta = json.loads(found.path.read_text())
+    assert found.path.suffix == ".json" and found.path.parent == folder, found.path
+    assert not any(f["name"].endswith(".tmp") for f in meta["files"].values()), meta["files"]
+    return killed, str(found.epoch)
+
+
+@dataclass
+class Reference:
+    """The uninterrupted run every interrupted one must end equal to."""
+
+    run: Path
+    data: Path
+    seconds: float  # its time once set up: the window random kills are drawn from
+    tensors: dict[str, torch.Tensor]
+    metrics: list[dict]
+    files: list[str]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Reference:
+    folder = tmp_path_factory.mktemp("reference")
+    data = _npz(folder / "images.npz")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # torch.optim imports torch._dynamo on first use, which a subprocess does before it
+        # writes config.json, the moment from which kills are timed: not part of the window
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main(_train_argv(folder / "run", data)) == 0
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    run = folder / "run"
+    return Reference(run, data, seconds, _tensors(run, EPOCHS), _untimed(run), _listing(run))
+
+
+def _assert_equals_reference(run: Path, reference: Reference, what: str) -> None:
+    got = _tensors(run, EPOCHS)
+    assert got.keys() == reference.tensors.keys(), what
+    differ = [k for k, v in reference.tensors.items() if not torch.equal(got[k], v)]
+    assert not differ, f"{what}: tensors differ: {differ[:5]}"
+    assert _untimed(run) == reference.metrics, f"{what}: metrics differ"
+    assert _listing(run) == reference.files, f"{what}: files {_listing(run)}"
+
+
+def test_sigkill_at_random_moments_and_mid_write_never_loses_a_checkpoint(
+    reference, tmp_path, capsys
+):
+    data, window = reference.data, reference.seconds
+    wrapper = tmp_path / "pause_wrapper.py"
+    wrapper.write_text(PAUSE_WRAPPER)
+
+    rng = random.Random(8)
+    trials = [(stage, target) for stage, target in MID_WRITE]
+    trials += [("random", None)] * RANDOM_TRIALS
+    rng.shuffle(trials)
+    killed = planted = cut_writes = from_checkpoint = finished_first = 0
+    notes = []
+    index = 0
+    while trials:
+        stage, target = trials.pop(0)
+        run = tmp_path / f"trial-{index:02d}"
+        argv = _train_argv(run, data)
+        if stage == "random":
+            command = [sys.executable, "-m", "robustode", *argv]
+            signal_file = run / "config.json"  # written once set up, just before epoch 1
+            delay = rng.uniform(0.0, window)
+        else:
+            signal_file = tmp_path / f"paused-{index:02d}"
+            command = [sys.executable, str(wrapper), stage, target, str(signal_file), *argv]
+            delay = 0.0
+        was_killed, found = _trial(run, data, command, signal_file, delay)
+        what = f"{stage}:{target or f'{delay:.2f}s'}"
+        assert was_killed or stage == "random", f"trial {index} ({what}) was not killed"
+        if not was_killed:  # it finished before the kill came: draw another moment
+            finished_first += 1
+            assert finished_first <= RANDOM_TRIALS, f"{finished_first} runs outran the kill"
+            trials.append((stage, target))
+        killed += was_killed
+        planted += was_killed and stage != "random"
+        cut = _interrupted_write(run / "checkpoints")
+        cut_writes += cut
+        from_checkpoint += found != "-"
+        notes.append(f"{what}→{found}{' (cut write)' if cut else ''}")
+
+        assert main(["train", "--resume", str(run), "--no-progress-bar"]) == 0, capsys.readouterr()
+        capsys.readouterr()
+        _assert_equals_reference(run, reference, f"trial {index} ({notes[-1]})")
+        index += 1
+
+    figures = (
+        f"{killed} training runs killed by SIGKILL ({planted} paused inside a write, "
+        f"{killed - planted} at random moments; {cut_writes} kills left a checkpoint write "
+        f"cut short), {from_checkpoint} resumed from a verified checkpoint, the others from "
+        f"epoch 1; {finished_first} more finished before their kill; every run resumed "
+        f"to bitwise the uninterrupted weights, optimiser and RNG state, the same metrics and "
+        f"files; nothing lost. Trials (stage→checkpoint epoch found): {'; '.join(notes)}"
+    )
+    print(figures)
+    assert killed >= 10 and planted >= 3 and cut_writes >= 3, figures
+
+
+# ---------------------------------------------------------------- killed evaluation
+EVAL_ARGS = ["--n", "40", "--batch-size", "8", "--seed", "3", "--no-progress-bar"]
+EVAL_ARGS += ["--attacks", "pgd20-linf,spsa:iterations=3,samples=8"]  # spsa: seeded per batch
+EVAL_ARGS += ["--curve-steps", "0", "--eps-grid", ""]
+
+
+def _batch_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("batch-*.json")}
+
+
+def test_sigkill_mid_evaluation_continues_from_the_finished_batches(reference, tmp_path, capsys):
+    from robustode.evaluate.report import strip_timings
+
+    wrapper = tmp_path / "pause_wrapper.py"
+    wrapper.write_text(PAUSE_WRAPPER)
+    full = tmp_path / "full"
+    assert main(["evaluate", str(reference.run), "--out", str(full), *EVAL_ARGS]) == 0
+    capsys.readouterr()
+    want = strip_timings(json.loads((full / "report.json").read_text()))
+    total = len(_batch_files(full))
+
+    rng = random.Random(9)
+    figures = []
+    for name, stage in (("random", None), ("paused", "torn-tmp")):
+        out = tmp_path / name
+        argv = ["evaluate", str(reference.run), "--out", str(out), *EVAL_ARGS]
+        if stage is None:  # a random moment once the first batch is saved
+            command = [sys.executable, "-m", "robustode", *argv]
+            signal_file = out / "points" / "pgd20-linf" / "batch-00000.json"
+            delay = rng.uniform(0.0, 0.5)
+        else:  # half of the spsa's third batch file written under its .tmp name
+            signal_file = tmp_path / "pause-marker"
+            command = [sys.executable, str(wrapper), stage, "batch-00002.json@2"]
+            command += [str(signal_file), *argv]
+            delay = 0.0
+        process = subprocess.Popen(
+            command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            assert _wait_for(signal_file, process), process.stderr.read().decode()[-2000:]
+            time.sleep(delay)
+            assert _kill(process), f"the {name} evaluation finished before the kill"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stderr.close()
+        done = _batch_files(out)
+        assert 0 < len(done) < total, (name, sorted(done))
+        assert stage is None or list(out.rglob("*.tmp")), "the pause left no torn .tmp"
+
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        reused = sum(
+            int(line.split("; ")[1].split()[0])
+            for line in err.splitlines()
+            if "from an earlier" in line
+        )
+        assert reused == len(done), err
+        after = _batch_files(out)
+        assert {k: after[k] for k in done} == done, "a finished batch was recomputed"
+        got = strip_timings(json.loads((out / "report.json").read_text()))
+        assert got == want, f"the {name} kill: the report differs from an uninterrupted one"
+        assert not list(out.rglob("*.tmp")), "a torn .tmp outlived the rerun"
+        figures.append(f"{name} kill: {len(done)} of {total} batches kept, {total - len(done)} run")
+    print("; ".join(figures))
