@@ -10,6 +10,8 @@ images, a few steps per epoch, one thread, so that the whole file stays short.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
@@ -27,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from robustode.cli import main
+from robustode.evaluate import runner
 from robustode.train import find_checkpoint, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,6 +55,7 @@ import robustode.train.checkpoint as checkpoint
 import robustode.train.loop as loop
 import robustode.train.run_folder as run_folder
 from robustode.cli import main
+from robustode.evaluate import runner
 
 stage, target, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 name, _, nth = target.partition("@")
@@ -419,3 +423,180 @@ def test_sigkill_mid_evaluation_continues_from_the_finished_batches(reference, t
         assert not list(out.rglob("*.tmp")), "a torn .tmp outlived the rerun"
         figures.append(f"{name} kill: {len(done)} of {total} batches kept, {total - len(done)} run")
     print("; ".join(figures))
+
+
+# ---------------------------------------------------------------- full or read-only disk
+class _FaultyDisk:
+    """Writes under ``root`` fail as on a full (ENOSPC) or read-only (EROFS) file system,
+    from the first write to a file named ``trigger`` on (None: from the start).
+
+    Run as root, chmod stops nothing, so the file operations themselves are patched, the
+    way the kernel answers: on a full disk opening a file works and writing it fails,
+    renames and deletions still work; on a read-only one opening for writing, creating
+    a folder, renaming and deleting (even a file that does not exist) all fail.
+    ``before`` holds the SHA-256 of every file at the moment of the first failure.
+    """
+
+    _WRITE_MODES = frozenset("wax+")
+
+    def __init__(self, monkeypatch, root: Path, code: int, trigger: str | None = None) -> None:
+        self.root, self.code, self.trigger = root.resolve(), code, trigger
+        self.failing = trigger is None
+        self.failures = 0
+        self.before: dict[str, str] | None = self._hashes() if self.failing else None
+        open_, mkdir = io.open, os.mkdir
+        monkeypatch.setattr(io, "open", self._wrap_open(open_))
+        monkeypatch.setattr(os, "mkdir", self._wrap_mkdir(mkdir))
+        for name in ("replace", "rename", "unlink", "remove", "rmdir"):
+            monkeypatch.setattr(os, name, self._wrap_change(getattr(os, name)))
+
+    def _hashes(self) -> dict[str, str]:
+        return {
+            p.relative_to(self.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(self.root.rglob("*"))
+            if p.is_file() and p.suffix != ".tmp"
+        }
+
+    def _ours(self, path) -> bool:
+        try:
+            return Path(os.fsdecode(path)).resolve().is_relative_to(self.root)
+        except TypeError:  # a file descriptor
+            return False
+
+    def _fail(self, path) -> OSError:
+        if self.before is None:
+            self.before = self._hashes()
+        self.failures += 1
+        return OSError(self.code, os.strerror(self.code), os.fsdecode(path))
+
+    def _wrap_open(self, real):
+        def open_(file, mode="r", *args, **kwargs):
+            writing = bool(self._WRITE_MODES & set(mode)) and self._ours(file)
+            if writing and not self.failing and Path(os.fsdecode(file)).name == self.trigger:
+                self.failing = True
+            if not (writing and self.failing):
+                return real(file, mode, *args, **kwargs)
+            if self.code == errno.EROFS:
+                raise self._fail(file)
+            handle = real(file, mode, *args, **kwargs)  # a full disk still creates the file
+            disk = self
+
+            class Full:
+                def __getattr__(self, name):
+                    return getattr(handle, name)
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    handle.close()
+
+                def write(self, data):
+                    raise disk._fail(file)
+
+            return Full()
+
+        return open_
+
+    def _wrap_mkdir(self, real):
+        def mkdir(path, *args, **kwargs):
+            if self.failing and self.code == errno.EROFS and self._ours(path):
+                if os.path.lexists(path):
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+                raise self._fail(path)
+            return real(path, *args, **kwargs)
+
+        return mkdir
+
+    def _wrap_change(self, real):
+        def change(path, *args, **kwargs):
+            if self.failing and self.code == errno.EROFS and self._ours(path):
+                raise self._fail(path)
+            return real(path, *args, **kwargs)
+
+        return change
+
+    def check_nothing_damaged(self) -> str:
+        """Every file there before the first failure is byte-identical; no *.tmp is left."""
+        assert self.before is not None and self.failures, "no write failed"
+        now = self._hashes()
+        damaged = [name for name, digest in self.before.items() if now.get(name) != digest]
+        assert not damaged, f"damaged or deleted: {damaged}"
+        leftovers = [p.name for p in self.root.rglob("*.tmp")]
+        assert not leftovers, f"temporary files left: {leftovers}"
+        return f"{len(self.before)} files intact"
+
+
+def _interrupt_after(function, calls: int):
+    """``function``, except that the call after ``calls`` calls raises KeyboardInterrupt."""
+    count = {"calls": 0}
+
+    def wrapped(*args, **kwargs):
+        count["calls"] += 1
+        if count["calls"] > calls:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
+def _one_line_error(capsys, code: int, expected: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
+    assert code == 2 and len(lines) == 1, (code, err)
+    assert expected in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["ENOSPC", "EROFS"])
+def test_training_on_a_full_or_read_only_disk_is_one_error_and_damages_nothing(
+    reference, tmp_path, capsys, monkeypatch, code
+):
+    run = tmp_path / "run"
+    argv = _train_argv(run, reference.data)
+    if code == errno.ENOSPC:  # the disk fills while epoch 2's checkpoint is being written
+        disk = _FaultyDisk(monkeypatch, tmp_path, code, trigger="epoch-0002.safetensors.tmp")
+        returned = main(argv)
+    else:  # a run stopped after epoch 2, resumed into a folder now read-only
+        assert main([*argv, "--epochs", "2"]) == 0
+        capsys.readouterr()
+        disk = _FaultyDisk(monkeypatch, tmp_path, code)
+        returned = main(["train", "--resume", str(run), "--epochs", str(EPOCHS)])
+    line = _one_line_error(capsys, returned, os.strerror(code))
+    assert "cannot write" in line and str(run) in line, line
+    intact = disk.check_nothing_damaged()
+    found = find_checkpoint(run / "checkpoints")
+    assert found is not None and found.epoch == (1 if code == errno.ENOSPC else 2)
+
+    monkeypatch.undo()  # space freed, or the disk writable again: resume ends as if nothing
+    assert main(["train", "--resume", str(run), "--epochs", str(EPOCHS)]) == 0
+    capsys.readouterr()
+    _assert_equals_reference(run, reference, os.strerror(code))
+    print(f"{os.strerror(code)}: {line!r}; {intact}; resumed from epoch {found.epoch}")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["ENOSPC", "EROFS"])
+def test_evaluation_on_a_full_or_read_only_disk_is_one_error_and_damages_nothing(
+    reference, tmp_path, capsys, monkeypatch, code
+):
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(reference.run), "--out", str(out), *EVAL_ARGS]
+    if code == errno.ENOSPC:  # the disk fills while pgd's third batch is being saved
+        disk = _FaultyDisk(monkeypatch, tmp_path, code, trigger="batch-00002.json.tmp")
+    else:  # an evaluation with saved batches, rerun into a folder now read-only
+        with monkeypatch.context() as m:  # Ctrl-C during the fourth batch
+            m.setattr(runner, "_run_batch", _interrupt_after(runner._run_batch, 3))
+            assert main(argv) == 130
+        capsys.readouterr()
+        disk = _FaultyDisk(monkeypatch, tmp_path, code)
+    line = _one_line_error(capsys, main(argv), os.strerror(code))
+    assert "cannot write" in line, line
+    intact = disk.check_nothing_damaged()
+    kept = len(_batch_files(out))
+    assert kept >= 2, kept
+
+    monkeypatch.undo()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "from an earlier run" in err, err
+    print(f"{os.strerror(code)}: {line!r}; {intact}; {kept} batches kept")
