@@ -29,8 +29,9 @@ import torch
 from safetensors.torch import load_file
 
 from robustode.cli import main
+from robustode.defenses import list_defenses, register_defense
 from robustode.evaluate import runner
-from robustode.train import find_checkpoint, read_metrics
+from robustode.train import ConfigError, TrainConfig, find_checkpoint, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,7 +212,7 @@ def _kill(process: subprocess.Popen) -> bool:
     alive = process.poll() is None
     if alive:
         os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
+    process.wait(timeout=180)
     return alive and process.returncode == -signal.SIGKILL
 
 
@@ -600,3 +601,177 @@ def test_evaluation_on_a_full_or_read_only_disk_is_one_error_and_damages_nothing
     err = capsys.readouterr().err
     assert "from an earlier run" in err, err
     print(f"{os.strerror(code)}: {line!r}; {intact}; {kept} batches kept")
+
+
+# ---------------------------------------------------------------- non-finite loss
+class _NaNInputs:
+    """Cross-entropy, except that at the listed calls (counted from 1 in this defense's
+    life) the images are NaN: the loss is NaN and, as when activations overflow, the
+    forward pass drags the BatchNorm running statistics to NaN as well."""
+
+    name = "test_nan_inputs"
+
+    def __init__(self, nan_calls: list[int]) -> None:
+        self.nan_calls = set(nan_calls)
+        self.calls = 0
+
+    def __call__(self, model, x, y):
+        self.calls += 1
+        if self.calls in self.nan_calls:
+            x = x * float("nan")
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss, {"train_correct": float((logits.argmax(1) == y).sum())}
+
+
+if _NaNInputs.name not in list_defenses():
+
+    @register_defense(_NaNInputs.name, summary="test only: NaN images at given calls")
+    def _nan_inputs(*, nan_calls: list[int] = ()) -> _NaNInputs:
+        return _NaNInputs(list(nan_calls))
+
+
+def _nan_argv(run: Path, data: Path, nan_calls: list[int], *extra: str) -> list[str]:
+    """The TRAIN run, natural training, 3 steps per epoch, NaN images at ``nan_calls``."""
+    argv = [*_train_argv(run, data), "--defense", _NaNInputs.name, "--no-augment"]
+    return [*argv, f"--defense-opt=nan_calls={json.dumps(nan_calls)}", *extra]
+
+
+def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(
+    reference, tmp_path, capsys
+):
+    clean, run = tmp_path / "clean", tmp_path / "run"
+    assert main(_nan_argv(clean, reference.data, [], "--epochs", "1")) == 0
+    capsys.readouterr()
+    # call 5 is epoch 2, step 2 (3 steps per epoch)
+    code = main(_nan_argv(run, reference.data, [5]))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == (
+        "robustode: error: the loss is nan at epoch 2, step 2; training stopped and the last "
+        f"good state is checkpoint epoch-0001.json in {run} (nonfinite_loss = 'skip' would "
+        "skip such steps)"
+    )
+    found = find_checkpoint(run / "checkpoints")
+    assert found.epoch == 1 and [r["epoch"] for r in read_metrics(run)] == [1]
+    assert not list((run / "checkpoints").glob("epoch-0002*"))
+    # the checkpoint kept is the good state: what a run without the NaN had after epoch 1
+    kept, good = (load_file(d / "checkpoints" / "epoch-0001.safetensors") for d in (run, clean))
+    assert kept.keys() == good.keys() and all(torch.equal(kept[k], good[k]) for k in kept)
+
+    # a stopped run may go on with --nonfinite-loss skip (this process counts calls
+    # afresh: call 5 is now epoch 3, step 2)
+    assert main(["train", "--resume", str(run), "--nonfinite-loss", "skip"]) == 0
+    capsys.readouterr()
+    assert [r["skipped_steps"] for r in read_metrics(run)] == [0, 0, 1, 0]
+    assert json.loads((run / "config.json").read_text())["nonfinite_loss"] == "skip"
+
+
+def test_nonfinite_loss_skip_leaves_no_trace_of_the_step_and_counts_it(reference, tmp_path, capsys):
+    two_steps, run = tmp_path / "two", tmp_path / "run"
+    # epoch 1 with its 3rd step skipped is epoch 1 cut to its first 2 steps: the weights,
+    # the BatchNorm statistics (which the NaN batch's forward had moved) and the momentum
+    argv = _nan_argv(two_steps, reference.data, [], "--epochs", "1", "--max-steps-per-epoch", "2")
+    assert main(argv) == 0
+    skip = ["--nonfinite-loss", "skip", "--keep-checkpoints", "0"]
+    assert main(_nan_argv(run, reference.data, [3, 4], *skip)) == 0
+    capsys.readouterr()
+    a, b = (load_file(d / "checkpoints" / "epoch-0001.safetensors") for d in (two_steps, run))
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    sa, sb = (
+        load_file(d / "checkpoints" / "epoch-0001.state.safetensors") for d in (two_steps, run)
+    )
+    momentum = [k for k in sa if k.startswith("optimizer.")]
+    assert momentum and all(torch.equal(sa[k], sb[k]) for k in momentum)
+    records = read_metrics(run)
+    assert [r["skipped_steps"] for r in records] == [1, 1, 0, 0]
+    assert [r["batches"] for r in records] == [2, 2, 3, 3]
+    assert all(torch.isfinite(t).all() for t in _tensors(run, EPOCHS).values())
+
+
+def test_nonfinite_loss_skip_still_stops_when_a_whole_epoch_is_skipped(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(_nan_argv(run, reference.data, [4, 5, 6], "--nonfinite-loss", "skip"))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) >= 1
+    assert err.splitlines()[-1] == (
+        "robustode: error: the loss was not finite at any of the 3 steps of epoch 2; training "
+        f"stopped and the last good state is checkpoint epoch-0001.json in {run}"
+    )
+    assert find_checkpoint(run / "checkpoints").epoch == 1
+
+
+def test_nonfinite_loss_setting_is_checked_and_on_the_command_line(tmp_path, capsys):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(nonfinite_loss="ignore")
+    assert str(info.value) == "nonfinite_loss must be one of stop, skip, got 'ignore'"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--run-dir", str(tmp_path / "r"), "--nonfinite-loss", "ignore"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "invalid choice: 'ignore'" in err
+    assert "choose from 'stop', 'skip'" in err or "choose from stop, skip" in err
+    assert TrainConfig().nonfinite_loss == "stop"
+
+
+DDP_WORKER = """
+import os, sys
+import torch
+import torch.nn.functional as F
+from robustode.cli import main
+from robustode.defenses import register_defense
+
+
+class OneRankNaN:
+    name = "test_one_rank_nan"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, x, y):
+        self.calls += 1
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if os.environ["RANK"] == "1" and self.calls == 2:  # rank 1 alone, step 2
+            loss = loss * float("nan")
+        return loss, {}
+
+
+register_defense(OneRankNaN.name, summary="test only")(lambda: OneRankNaN())
+torch.set_num_threads(1)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_nonfinite_loss_on_one_ddp_rank_is_skipped_on_every_rank(tmp_path):
+    # were only rank 1 to skip its backward, rank 0 would wait in DDP's all-reduce forever
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = tmp_path / "ddp_worker.py"
+    worker.write_text(DDP_WORKER)
+    run = tmp_path / "run"
+    argv = ["train", "--run-dir", str(run), "--model", "odenet", "--defense", "test_one_rank_nan"]
+    argv += ["--model-opt=width=4", "--model-opt=num_blocks=1", "--model-opt=method=euler"]
+    argv += ["--data", "npz", "--data-dir", str(_npz(tmp_path / "images.npz"))]
+    argv += ["--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3"]
+    argv += ["--eval-subset", "0", "--device", "cpu", "--no-progress-bar"]
+    argv += ["--nonfinite-loss", "skip"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={port}", str(worker), *argv]
+    # its own process group: a hang (the failure this guards against) is killed whole
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError("the ranks hung: they did not agree to skip the step") from None
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    (record,) = read_metrics(run)
+    assert record["skipped_steps"] == 1 and record["batches"] == 2 and record["samples"] == 32
