@@ -31,6 +31,9 @@ from safetensors.torch import load_file
 from robustode.cli import main
 from robustode.defenses import list_defenses, register_defense
 from robustode.evaluate import runner
+from robustode.models import create_model
+from robustode.nn.ode_block import ODEBlock, name_ode_blocks
+from robustode.ode import SolverError
 from robustode.train import ConfigError, TrainConfig, find_checkpoint, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,6 +60,9 @@ import robustode.train.loop as loop
 import robustode.train.run_folder as run_folder
 from robustode.cli import main
 from robustode.evaluate import runner
+from robustode.models import create_model
+from robustode.nn.ode_block import ODEBlock, name_ode_blocks
+from robustode.ode import SolverError
 
 stage, target, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 name, _, nth = target.partition("@")
@@ -775,3 +781,65 @@ def test_nonfinite_loss_on_one_ddp_rank_is_skipped_on_every_rank(tmp_path):
     assert process.returncode == 0, stderr.decode()[-3000:]
     (record,) = read_metrics(run)
     assert record["skipped_steps"] == 1 and record["batches"] == 2 and record["samples"] == 32
+
+
+# ---------------------------------------------------------------- solvers that give up
+class _BlowUpBlock(ODEBlock):
+    """dy/dt = y², y(0) = 1: infinite at t = 1, so an adaptive solve to t1 = 2 underflows."""
+
+    def __init__(self) -> None:
+        super().__init__(method="dopri5", rtol=1e-6, atol=1e-6, t1=2.0)
+        self.square = _Square()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.integrate(self.square, x)
+
+
+class _Square(torch.nn.Module):
+    def forward(self, t, y):
+        return y**2
+
+
+def test_a_solver_that_gives_up_names_the_block_the_method_and_the_tolerances():
+    x = torch.rand(2, 3, 8, 8)
+    # the step budget, spent in one block deep inside the model: that block is named
+    model = create_model("sonet", width=4)
+    block = model.layer2[0].block
+    block.solver = block.solver.replace(rtol=1e-9, atol=1e-9, max_num_steps=2)
+    with pytest.raises(SolverError) as info:
+        model(x)
+    assert str(info.value).startswith(
+        "ODE block 'layer2.0.block': ODE solve with dopri5 (rtol=1e-09, atol=1e-09) exceeded "
+        "max_num_steps=2"
+    ), info.value
+    # the same through torchdiffeq, whose own assert says it
+    model = create_model("soblock", width=4, tol=1e-9, max_num_steps=2, backend="torchdiffeq")
+    with pytest.raises(SolverError) as info:
+        model(x)
+    assert str(info.value).startswith(
+        "ODE block 'stem': ODE solve with dopri5 (rtol=1e-09, atol=1e-09) in torchdiffeq: "
+        "max_num_steps exceeded"
+    ), info.value
+    # a step size that underflows, in a model of one's own, once its blocks are named
+    model = torch.nn.Sequential(torch.nn.Identity(), _BlowUpBlock()).double()
+    name_ode_blocks(model)
+    with pytest.raises(SolverError) as info:
+        model(torch.ones(1, dtype=torch.float64))
+    message = str(info.value)
+    assert message.startswith("ODE block '1': ODE solve with dopri5 (rtol=1e-06, atol=1e-06)")
+    assert "step size underflowed" in message and "\n" not in message
+
+
+def test_a_solver_that_gives_up_in_training_is_one_line_on_the_command_line(
+    reference, tmp_path, capsys
+):
+    argv = _train_argv(tmp_path / "run", reference.data)
+    argv += ["--model", "soblock", "--model-opt=tol=1e-9", "--model-opt=max_num_steps=2"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(
+        "robustode: error: ODE block 'stem': ODE solve with dopri5 (rtol=1e-09, atol=1e-09) "
+        "exceeded max_num_steps=2"
+    ), lines[0]
