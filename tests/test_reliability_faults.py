@@ -28,6 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from robustode import attacks as A
 from robustode.cli import main
 from robustode.defenses import list_defenses, register_defense
 from robustode.evaluate import runner
@@ -35,6 +36,7 @@ from robustode.models import create_model
 from robustode.nn.ode_block import ODEBlock, name_ode_blocks
 from robustode.ode import SolverError
 from robustode.train import ConfigError, TrainConfig, find_checkpoint, read_metrics
+from robustode.train.checkpoint import Checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,6 +60,7 @@ import robustode.io as rio
 import robustode.train.checkpoint as checkpoint
 import robustode.train.loop as loop
 import robustode.train.run_folder as run_folder
+from robustode import attacks as A
 from robustode.cli import main
 from robustode.evaluate import runner
 from robustode.models import create_model
@@ -725,6 +728,7 @@ DDP_WORKER = """
 import os, sys
 import torch
 import torch.nn.functional as F
+from robustode import attacks as A
 from robustode.cli import main
 from robustode.defenses import register_defense
 
@@ -843,3 +847,92 @@ def test_a_solver_that_gives_up_in_training_is_one_line_on_the_command_line(
         "robustode: error: ODE block 'stem': ODE solve with dopri5 (rtol=1e-09, atol=1e-09) "
         "exceeded max_num_steps=2"
     ), lines[0]
+
+
+# ---------------------------------------------------------------- models that return NaN
+class _NaNModel(torch.nn.Module):
+    """A linear classifier of 3×4×4 images whose logits are NaN ``always``; for every image
+    but the ``clean`` ones; or, ``never`` at first, from when ``broken`` is set."""
+
+    def __init__(self, when: str, clean: torch.Tensor | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(48, 10)
+        self.when, self.clean, self.broken = when, clean, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        if self.when == "always" or self.broken:
+            return logits * float("nan")
+        if self.when == "perturbed":
+            same = (x.flatten(1)[:, None] == self.clean.flatten(1)[None]).all(-1).any(1)
+            return torch.where(same[:, None], logits, float("nan"))
+        return logits
+
+
+def _small_attacks() -> dict[str, A.Attack]:
+    return {
+        "PGD": A.PGD(steps=2),
+        "FGSM": A.FGSM(),
+        "APGD-CE": A.APGDCE(steps=2),
+        "APGD-T": A.APGDT(steps=2, targets=2),
+        "Square": A.Square(queries=3),
+        "SPSA": A.SPSA(iterations=1, samples=2),
+        "CW": A.CarliniWagnerLinf(steps=2),
+        "ensemble": A.AttackEnsemble([A.APGDCE(steps=2), A.Square(queries=3)]),
+    }
+
+
+def _break_after_attack(attack: A.Attack, model: _NaNModel) -> None:
+    """NaN from the moment the attack has found its points: only the final verdict sees it."""
+    last = attack.attacks[-1] if isinstance(attack, A.AttackEnsemble) else attack
+    inner = last._attack
+
+    def attack_then_break(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        model.broken = True
+        return out
+
+    last._attack = attack_then_break
+
+
+@pytest.mark.parametrize(
+    "when", ["on the clean images", "during the attack", "on the adversarial images"]
+)
+def test_nan_logits_are_an_error_for_every_attack_wherever_they_appear(when):
+    x = torch.rand(4, 3, 4, 4)
+    missed = []
+    for name, attack in _small_attacks().items():
+        if when == "on the clean images":
+            # labels that NaN's argmax (0) does not hit: the clean pass used to call every
+            # point misclassified and attack none, so the NaN reached no check
+            model, y = _NaNModel("always"), torch.tensor([1, 2, 3, 4])
+        else:
+            model = _NaNModel("perturbed" if when == "during the attack" else "never", x)
+            with torch.no_grad():
+                y = model.fc(x.flatten(1)).argmax(1)  # every point clean-correct: attacked
+            if when == "on the adversarial images":
+                _break_after_attack(attack, model)
+        try:
+            attack.run(model, x, y)
+        except A.AttackError as exc:
+            assert f"non-finite logits {when}" in str(exc) and "\n" not in str(exc), exc
+            continue
+        missed.append(name)
+    assert not missed, f"NaN logits {when} gave a robustness number from: {missed}"
+
+
+def test_nan_logits_in_an_evaluation_are_one_line_on_the_command_line(reference, tmp_path, capsys):
+    model = create_model("resnet10", width=4, in_channels=1, num_classes=10, seed=0)
+    state = model.state_dict()
+    state["linear.weight"] = torch.full_like(state["linear.weight"], float("nan"))
+    path = save_checkpoint(
+        tmp_path / "nan", Checkpoint(epoch=1, model_state=state, model_config=model.model_config)
+    )
+    argv = ["evaluate", str(path), "--data", "npz", "--data-dir", str(reference.data)]
+    code = main([*argv, "--out", str(tmp_path / "eval"), *EVAL_ARGS])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "non-finite logits on the clean images" in lines[0], lines[0]
+    assert not (tmp_path / "eval" / "report.json").exists()
