@@ -538,3 +538,12 @@ def test_cuda_batches_equal_the_cpu_batches():
     for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
         assert xg.device.type == "cuda"
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+def test_grey_nhwc_images_get_plain_nchw_strides(tmp_path):
+    # (N, 1, H, W) from uint8 NHWC has channels-last strides, which sent CPU training into
+    # oneDNN's channels-last weight gradient and corrupted the heap (ResNet10, no augment)
+    x = np.zeros((5, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "grey.npz", x=x, y=np.arange(5))
+    images = load_dataset("npz", split="train", root=tmp_path / "grey.npz").images
+    assert images.shape == (5, 1, 8, 8) and images.stride() == (64, 64, 8, 1)

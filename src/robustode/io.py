@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -37,7 +38,10 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
             os.fsync(f.fileno())
         tmp.replace(path)
     except OSError as exc:
-        if tmp.parent.is_dir():
+        # best effort: where the write failed for a read-only file system, removing the
+        # temporary file fails too (EROFS even when it does not exist), and that second
+        # error must not hide the first
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
     fsync_dir(path.parent)

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..nn.ode_block import ODEBlock, named_ode_blocks
 from ..ode import SolverConfig
-from .base import Attack, AttackInputError, AttackResult, model_mode
+from .base import Attack, AttackInputError, AttackResult, checked_logits, model_mode
 
 SUBSTITUTES = ("fixed", "tight", "per_sample", "detached")
 
@@ -221,7 +221,12 @@ class SolverSubstitution(Attack):
         # batch-mates, so a point broken inside the sub-batch need not stay broken here.
         chunk = self.attack.batch_size or max(len(y), 1)
         with torch.no_grad(), model_mode(model, self.model_mode):
-            pred = torch.cat([model(part).argmax(1) for part in x_adv.split(chunk)])
+            pred = torch.cat(
+                [
+                    checked_logits(model, part, "on the adversarial images").argmax(1)
+                    for part in x_adv.split(chunk)
+                ]
+            )
         success = (pred != y) | ~plain.clean_correct
         # the merged points follow two trajectories: no single PGD-k prefix describes them
         return AttackResult(x_adv, success, plain.clean_correct, queries, plain.loss_trace)

@@ -62,6 +62,23 @@ class AttackResult:
         return self.clean_correct.float().mean().item() if self.clean_correct.numel() else math.nan
 
 
+def checked_logits(model: nn.Module, x: torch.Tensor, when: str) -> torch.Tensor:
+    """``model(x)``, refused with an :class:`AttackError` unless it is (batch, classes) and
+    finite: NaN logits make argmax, and so every verdict, arbitrary (NaN wins argmax)."""
+    logits = model(x)
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise AttackError(
+            f"the model returned logits of shape {tuple(logits.shape)} for {x.shape[0]} "
+            "images; attacks need (batch, classes)"
+        )
+    if not torch.isfinite(logits).all():
+        raise AttackError(
+            f"the model returned non-finite logits {when}; "
+            "a robustness number computed from them would be meaningless"
+        )
+    return logits
+
+
 class Oracle:
     """The model as an attack sees it: counts calls per point and refuses non-finite logits."""
 
@@ -74,17 +91,7 @@ class Oracle:
 
         ``copies`` > 1 serves query-based attacks that probe each point many times in one pass.
         """
-        logits = self.model(x)
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            raise AttackError(
-                f"the model returned logits of shape {tuple(logits.shape)} for {x.shape[0]} "
-                "images; attacks need (batch, classes)"
-            )
-        if not torch.isfinite(logits).all():
-            raise AttackError(
-                "the model returned non-finite logits during the attack; "
-                "a robustness number computed from them would be meaningless"
-            )
+        logits = checked_logits(self.model, x, "during the attack")
         self.queries.index_add_(0, index, torch.full_like(index, copies))
         return logits
 
@@ -240,9 +247,11 @@ class Attack:
         A point misclassified on its clean image is not robust whatever the
         attack returns; it is neither attacked nor charged any model calls.
         """
+        # the clean and the final verdicts are checked as the attack's own calls are: a NaN
+        # there would silently count a point as misclassified, or as robust
         with torch.no_grad():
-            logits = model(x)
-        if logits.dim() == 2 and logits.shape[1] < self.min_classes:
+            logits = checked_logits(model, x, "on the clean images")
+        if logits.shape[1] < self.min_classes:
             raise AttackInputError(
                 f"{self.name} needs at least {self.min_classes} classes, the model has "
                 f"{logits.shape[1]}"
@@ -268,7 +277,7 @@ class Attack:
                 )
                 loss_trace[:, todo] = sub_trace.float()
         with torch.no_grad():
-            pred = model(x_adv).argmax(1)
+            pred = checked_logits(model, x_adv, "on the adversarial images").argmax(1)
         return AttackResult(x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra, first)
 
     # ------------------------------------------------------------- subclass

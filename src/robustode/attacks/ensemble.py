@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attack, AttackInputError, AttackResult, Oracle, check_inputs, model_mode
+from .base import (
+    Attack,
+    AttackInputError,
+    AttackResult,
+    Oracle,
+    check_inputs,
+    checked_logits,
+    model_mode,
+)
 
 
 class AttackEnsemble(Attack):
@@ -50,7 +58,7 @@ class AttackEnsemble(Attack):
         y = y.long()
         x = x.detach()
         with model_mode(model, self.model_mode), torch.no_grad():
-            clean = model(x).argmax(1) == y
+            clean = checked_logits(model, x, "on the clean images").argmax(1) == y
         robust = clean.clone()
         x_adv = x.clone()
         queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

@@ -45,6 +45,13 @@ class ImageDataset:
                 f"{self.name}: labels must lie in 0..{self.num_classes - 1}, "
                 f"found {int(y.min())}..{int(y.max())}"
             )
+        _, c, h, w = x.shape
+        if x.stride() != (c * h * w, h * w, w, 1):
+            # Grey (C = 1) images stored NHWC, as numpy saves them, come with the strides
+            # of channels-last, which torch cannot tell from NCHW when C = 1: CPU
+            # convolutions then take oneDNN's channels-last path, whose weight gradient of
+            # a narrow stride-2 1×1 convolution corrupts the heap (docs/training.md).
+            self.images = x.clone(memory_format=torch.contiguous_format)
 
     def __len__(self) -> int:
         return len(self.labels)

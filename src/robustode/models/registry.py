@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..nn.ode_block import name_ode_blocks
 from .base import RobustModel
 
 
@@ -167,4 +168,5 @@ def create_model(
     if seed is not None:
         config["seed"] = seed
     model.model_config = config
+    name_ode_blocks(model)
     return model

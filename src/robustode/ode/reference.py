@@ -10,9 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import SolverError
 from .field import _CountBackward
 from .record import StepRecord
 from .tableau import ADAPTIVE_METHODS
+
+# the messages of torchdiffeq 0.2.5's asserts when a solve gives up (rk_common.py)
+_TORCHDIFFEQ_GIVE_UPS = ("max_num_steps exceeded", "underflow in dt")
 
 
 class _Recorded(nn.Module):
@@ -77,9 +81,21 @@ def torchdiffeq_odeint(
     kwargs = dict(rtol=rtol, atol=atol, method=method, options=dict(options) or None)
     if isinstance(y0, list):
         y0 = tuple(y0)
-    if adjoint:
-        params = adjoint_params
-        if params is None:
-            params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-        return torchdiffeq.odeint_adjoint(wrapped, y0, t, adjoint_params=tuple(params), **kwargs)
-    return torchdiffeq.odeint(wrapped, y0, t, **kwargs)
+    try:
+        if adjoint:
+            params = adjoint_params
+            if params is None:
+                params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+            return torchdiffeq.odeint_adjoint(
+                wrapped, y0, t, adjoint_params=tuple(params), **kwargs
+            )
+        return torchdiffeq.odeint(wrapped, y0, t, **kwargs)
+    except AssertionError as exc:
+        # torchdiffeq reports a spent step budget or an underflowed step with a bare assert;
+        # the native engine's error type and wording (method, tolerances) say it instead
+        text = str(exc)
+        if not text.startswith(_TORCHDIFFEQ_GIVE_UPS):
+            raise
+        raise SolverError(
+            f"ODE solve with {method} (rtol={rtol}, atol={atol}) in torchdiffeq: {text}"
+        ) from exc

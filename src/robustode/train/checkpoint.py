@@ -41,6 +41,7 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
 FORMAT = "robustode-checkpoint-1"
 _META = re.compile(r"^epoch-(\d+)\.json$")
+_FILE = re.compile(r"^epoch-(\d+)\.(?:json|safetensors|state\.safetensors)(?:\.tmp)?$")
 
 
 class CheckpointError(ValueError):
@@ -144,7 +145,8 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint) -> Path:
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: none); return deleted epochs."""
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: none) and any checkpoint file
+    older than those kept; return the deleted checkpoints' epochs."""
     folder = Path(folder)
     if keep <= 0:
         return []
@@ -155,6 +157,15 @@ def prune_checkpoints(folder: str | Path, keep: int) -> list[int]:
         for name in (meta_name, weights_name, state_name):  # the JSON first: never half-valid
             (folder / name).unlink(missing_ok=True)
         deleted.append(epoch)
+    # A prune killed after a JSON went leaves its tensor files behind, which no later prune
+    # would see (it lists checkpoints by their JSON): sweep every checkpoint file, *.tmp
+    # included, older than the oldest checkpoint kept — none of them can be part of one.
+    if epochs[:keep]:
+        oldest_kept = min(epochs[:keep])
+        for path in folder.iterdir():
+            match = _FILE.match(path.name)
+            if match and int(match.group(1)) < oldest_kept:
+                path.unlink(missing_ok=True)
     return deleted
 
 

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 
 
 AMP_MODES = ("none", "bf16", "fp16")
+NONFINITE_LOSS = ("stop", "skip")
 
 # Kinds of field: how a TOML/JSON value and a command-line flag are read and checked.
 #   str, int, float, bool, "int?" (an int or None), "bool?", "str?", options (a table of
@@ -150,6 +151,15 @@ class TrainConfig:
     )
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_m("int?", "stop each epoch after N steps (smoke runs)", low=1)
+    )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata=_m(
+            "str",
+            "on a NaN or infinite loss: stop (the latest checkpoint is the last good state) "
+            "or skip that batch's optimizer step (still stop if a whole epoch is skipped)",
+            choices=NONFINITE_LOSS,
+        ),
     )
 
     def __post_init__(self) -> None:

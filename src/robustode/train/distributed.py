@@ -50,6 +50,15 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank: one tiny all-reduce under DDP, so that all
+        ranks take the same branch (one rank skipping a backward would hang the others)."""
+        if not self.distributed:
+            return flag
+        failed = torch.tensor([0 if flag else 1], device=self.device)
+        dist.all_reduce(failed)
+        return int(failed.item()) == 0
+
     def teardown(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

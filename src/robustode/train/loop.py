@@ -8,7 +8,10 @@ Every epoch E (counted from 1):
    augmentation follow from (seed, E) through ``set_epoch``;
 3. each batch: ``loss, stats = defense(model, x, y)`` under autocast when
    asked, backward, SGD step; the NFE of every ODE block's solves in the
-   step (the defense's attack passes included) is added up;
+   step (the defense's attack passes included) is added up; a loss that is not
+   finite stops the run (``nonfinite_loss = "stop"``: the latest checkpoint
+   stays the last good state) or skips that batch's step (``"skip"``, counted
+   as ``skipped_steps``; an epoch with every step skipped stops it too);
 4. clean accuracy on the test split (or its first ``eval_subset`` images),
    model in eval mode, no gradients;
 5. one JSON line in ``metrics.jsonl``; a checkpoint every
@@ -72,6 +75,12 @@ from .schedule import PiecewiseSchedule, make_optimizer
 
 class TrainingError(RuntimeError):
     """Training cannot go on: the loss stopped being finite."""
+
+
+def _last_good(run_dir: Path, checkpoint: Path | None) -> str:
+    if checkpoint is None:
+        return f"no checkpoint was written yet in {run_dir}"
+    return f"the last good state is checkpoint {checkpoint.name} in {run_dir}"
 
 
 @dataclass
@@ -464,6 +473,11 @@ def _train(
         return torch.autocast(device.type, dtype=amp_dtype)
 
     nfe = _NFECounter(model)
+    # A skipped step must leave no trace, but its forward pass has already moved the
+    # BatchNorm running statistics (to NaN, when activations overflowed): with "skip",
+    # every step starts by copying the buffers, and a skipped one puts them back.
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers] if config.nonfinite_loss == "skip" else None
     records: list[dict[str, Any]] = []
     last_checkpoint = checkpoint.path if checkpoint is not None else None
     try:
@@ -474,6 +488,7 @@ def _train(
             loader.set_epoch(epoch)
             net.train()
             sums = _EpochSums()
+            skipped = 0
             show.start_epoch(epoch, steps)
             for step, (x, y) in enumerate(loader):
                 if step >= steps:
@@ -481,14 +496,29 @@ def _train(
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
+                if saved is not None:
+                    with torch.no_grad():
+                        for copy, buffer in zip(saved, buffers, strict=True):
+                            copy.copy_(buffer)
                 nfe.active = True
                 with autocast():
                     loss, stats = defense(net, x, y)
                 loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
+                if not ctx.all_true(math.isfinite(loss_value)):
+                    nfe.active = False
+                    nfe.take()  # the solves of a step that is not taken count nowhere
+                    if saved is not None:
+                        with torch.no_grad():
+                            for copy, buffer in zip(saved, buffers, strict=True):
+                                buffer.copy_(copy)
+                        skipped += 1
+                        show.step(loss_value)
+                        continue
+                    bad = next(v for v in ctx.all_gather(loss_value) if not math.isfinite(v))
                     raise TrainingError(
-                        f"the loss is {loss_value} at epoch {epoch}, step {step + 1}; the last "
-                        f"good state is the latest checkpoint in {run_dir}"
+                        f"the loss is {bad} at epoch {epoch}, step {step + 1}; training "
+                        f"stopped and {_last_good(run_dir, last_checkpoint)} (nonfinite_loss "
+                        "= 'skip' would skip such steps)"
                     )
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -501,8 +531,14 @@ def _train(
                 sums.add(len(y), loss_value, stats, nfe.take())
                 show.step(loss_value)
             train_seconds = time.perf_counter() - epoch_start
+            if sums.batches == 0:  # every step skipped: nothing was learnt, nothing to log
+                raise TrainingError(
+                    f"the loss was not finite at any of the {skipped} steps of epoch {epoch}; "
+                    f"training stopped and {_last_good(run_dir, last_checkpoint)}"
+                )
             record: dict[str, Any] = {"epoch": epoch, "lr": lr}
             record.update(sums.reduce(ctx))
+            record["skipped_steps"] = skipped
             test_acc = test_loss = None
             if test_loader is not None:
                 test_acc, test_loss = evaluate(

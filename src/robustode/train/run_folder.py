@@ -22,7 +22,9 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
 # Fields a resumed run may change: none of them alters what the next epoch computes
-# on the same machine (device moves it, at the cost of bitwise equality).
+# on the same machine (device moves it, at the cost of bitwise equality). nonfinite_loss
+# changes it only where a loss is not finite, where "stop" computes nothing: a run that
+# stopped there may go on with "skip".
 RESUMABLE = (
     "epochs",
     "checkpoint_every",
@@ -32,6 +34,7 @@ RESUMABLE = (
     "compile",
     "data_dir",
     "download",
+    "nonfinite_loss",
 )
 
 
