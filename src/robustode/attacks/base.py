@@ -142,8 +142,11 @@ def require_positive(**values: object) -> None:
             raise AttackInputError(f"{label} must be a finite number > 0, got {value!r}")
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
-    """One clear error for images or labels an attack cannot take."""
+def check_inputs(
+    x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, model: nn.Module | None = None
+) -> None:
+    """One clear error for images or labels an attack cannot take (and, for a registry model,
+    images it cannot take: its ``model_config`` says how many channels)."""
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
         raise AttackInputError(
             f"images must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}"
@@ -167,6 +170,15 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
             f"images must lie in [{threat.lower:g}, {threat.upper:g}] (got values in "
             f"[{x.min().item():.4g}, {x.max().item():.4g}]); pass raw pixels and put any "
             "normalisation inside the model"
+        )
+    config = getattr(model, "model_config", None)
+    channels = config.get("in_channels") if isinstance(config, dict) else None
+    # a wrong layout otherwise surfaces as a convolution's RuntimeError, or (a 3-D batch)
+    # is taken by conv2d as one unbatched image
+    if isinstance(channels, int) and (x.dim() != 4 or x.shape[1] != channels):
+        raise AttackInputError(
+            f"images must have shape (N, {channels}, H, W) for this {config.get('name')} "
+            f"model, got {tuple(x.shape)}"
         )
 
 
@@ -215,7 +227,7 @@ class Attack:
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
     ) -> AttackResult:
-        check_inputs(x, y, self.threat)
+        check_inputs(x, y, self.threat, model)
         y = y.long()
         x = x.detach()
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
