@@ -195,6 +195,8 @@ class Attack:
     name: str = "attack"
     # fewer classes make the attack's loss meaningless (DLR needs 3, targeted DLR 4)
     min_classes: int = 2
+    # whether _attack reports the iteration each point first turned adversarial at
+    tracks_first_adversarial: bool = False
 
     def __init__(
         self,
@@ -264,6 +266,13 @@ class Attack:
         x_adv = x.clone()
         queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         loss_trace, extra, first = None, {}, None
+        if not todo.numel() and self.tracks_first_adversarial:
+            # nothing to attack (a model that gets every point wrong): each point is broken at
+            # iteration 0, as misclassified points of an attacked chunk are, and its loss trace
+            # has no iterate (_concat pads it with NaN), so callers need no special case
+            first = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            if trace:
+                loss_trace = torch.full((0, x.shape[0]), float("nan"), device=x.device)
         if todo.numel():
             oracle = Oracle(model, todo.numel(), x.device)
             found, sub_trace, extra = self._attack(oracle, x[todo], y[todo], generator, trace)
