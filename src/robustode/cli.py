@@ -443,6 +443,7 @@ def _add_steps(sub) -> None:
 
 def _run_steps(args: argparse.Namespace) -> int:
     from .evaluate.steps import (
+        TrajectorySettings,
         find_ode_blocks,
         format_table,
         plot_steps,
@@ -451,6 +452,8 @@ def _run_steps(args: argparse.Namespace) -> int:
     )
     from .evaluate.target import target_from_args
 
+    # a bad attack name or override: one error line before anything is loaded or announced
+    TrajectorySettings.from_attack(args.attack, eps=args.eps, step_size=args.step_size)
     target = target_from_args(args)
     find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
     x, y = target.test_images(args.n)
