@@ -12,8 +12,8 @@ from robustode.cli import main
 
 
 def test_stability_prints_the_table_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "stab.json"
-    assert main(["stability", "--t0", "1", "5", "--json", str(out)]) == 0
+    out = tmp_path / "stability.json"
+    assert main(["stability", "--t0", "1", "5", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| t0 | skew" in printed and "| 5 |" in printed
     data = json.loads(out.read_text())
@@ -46,7 +46,7 @@ def test_bad_arguments_get_one_clear_line(argv, message, capsys):
 def test_unwritable_output_is_one_line_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["stability", "--t0", "1", "--json", str(blocker / "out.json")])
+    code = main(["stability", "--t0", "1", "--out", str(blocker / "out")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("robustode: error:") and "Traceback" not in "\n".join(err)

@@ -350,7 +350,7 @@ def test_cli_missing_path_is_one_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"robustode: error: {tmp_path / 'absent'} does not exist; " + (
-        "give a run folder or a checkpoint file"
+        "accepted: a run folder, a checkpoint .json or a weights .safetensors written by robustode"
     )
 
 

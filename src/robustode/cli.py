@@ -85,13 +85,44 @@ def _add_stability(sub) -> None:
     p.add_argument("--tol", type=_positive_float, default=1e-6, help="rtol = atol")
     p.add_argument("--seed", type=int, default=0, help="seed of images and kernels")
     p.add_argument(
-        "--json", type=Path, default=Path("stability.json"), help="where to write the table as JSON"
+        "--out",
+        type=Path,
+        default=Path("runs/stability"),
+        help="output folder: the table is written there as stability.json",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a stability.json in the output folder that came from other settings",
     )
     p.set_defaults(run=_run_stability)
 
 
+def _refuse_other_settings(path: Path, settings: dict, overwrite: bool, what: str) -> None:
+    """A result file written from other settings is replaced only with --overwrite."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != settings:
+        changed = (
+            sorted(k for k in settings if previous.get(k) != settings[k])
+            if isinstance(previous, dict)
+            else ["unreadable"]
+        )
+        raise ValueError(
+            f"{path} holds {what} from other settings ({', '.join(changed)}); pass --overwrite "
+            "to replace it, or --out for another folder"
+        )
+
+
 def _run_stability(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from .experiments.stability import StabilitySettings, run_stability, write_json
+    from .outputs import refuse_other_kind
 
     settings = StabilitySettings(
         t0s=tuple(sorted(set(args.t0))),
@@ -105,6 +136,11 @@ def _run_stability(args: argparse.Namespace) -> int:
         tol=args.tol,
         seed=args.seed,
     )
+    path = args.out / "stability.json"
+    refuse_other_kind(args.out, "stability", overwrite=args.overwrite)
+    # compared as JSON gives them back (tuples as lists)
+    wanted = json.loads(json.dumps(asdict(settings)))
+    _refuse_other_settings(path, wanted, args.overwrite, "a stability table")
     print(
         f"integrating skew and unconstrained blocks to t0 = {list(settings.t0s)} ...",
         file=sys.stderr,
@@ -112,8 +148,8 @@ def _run_stability(args: argparse.Namespace) -> int:
     )
     result = run_stability(settings)
     print(result.to_markdown())
-    write_json(result, args.json)
-    print(f"\nwrote {args.json} ({result.seconds:.1f} s)")
+    write_json(result, path)
+    print(f"\nwrote {path} ({result.seconds:.1f} s)")
     return 0
 
 
@@ -443,6 +479,7 @@ def _add_steps(sub) -> None:
 
 def _run_steps(args: argparse.Namespace) -> int:
     from .evaluate.steps import (
+        TrajectorySettings,
         find_ode_blocks,
         format_table,
         plot_steps,
@@ -450,7 +487,10 @@ def _run_steps(args: argparse.Namespace) -> int:
         studies_to_dict,
     )
     from .evaluate.target import target_from_args
+    from .outputs import refuse_other_kind
 
+    # a bad attack name or override: one error line before anything is loaded or announced
+    TrajectorySettings.from_attack(args.attack, eps=args.eps, step_size=args.step_size)
     target = target_from_args(args)
     find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
     x, y = target.test_images(args.n)
@@ -468,16 +508,8 @@ def _run_steps(args: argparse.Namespace) -> int:
         "per_image": args.per_image,
     }
     existing = out / "steps.json"
-    if existing.exists() and not args.overwrite:
-        try:
-            previous = json.loads(existing.read_text()).get("settings")
-        except (OSError, ValueError, AttributeError):
-            previous = None
-        if previous != settings:
-            raise ValueError(
-                f"{existing} holds results of other settings; pass --overwrite to replace them "
-                "or --out to write elsewhere"
-            )
+    refuse_other_kind(out, "steps", overwrite=args.overwrite)
+    _refuse_other_settings(existing, settings, args.overwrite, "a step study")
     print(
         f"steps: {x.shape[0]} image(s), PGD to {max(args.iterations)} iterations"
         + (f", tol {', '.join(f'{t:g}' for t in args.tol)}" if args.tol else "")
@@ -575,6 +607,11 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--data-dir", help="dataset folder at full scale (CIFAR-10/100)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="attack batch size")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain and re-evaluate rows that OUT/TABLE holds from other settings",
+    )
     p.set_defaults(run=_run_reproduce)
 
 
@@ -594,6 +631,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=str(resolve_device(args.device)),
         batch_size=args.batch_size,
+        overwrite=args.overwrite,
     )
     print(format_table(result))
     print(f"\nwrote {result.out_dir}/reproduce.md and reproduce.json ({result.seconds:.0f} s)")
@@ -842,6 +880,7 @@ def _refuse_other_audit(path: Path, settings: dict, overwrite: bool) -> None:
 def _run_audit(args: argparse.Namespace) -> int:
     from .evaluate.audit import LEVELS, audit, fails_on, write_audit
     from .evaluate.target import load_target, target_from_args
+    from .outputs import refuse_other_kind
 
     target = target_from_args(args)
     n = args.n if args.n is not None else LEVELS[args.level].n
@@ -858,6 +897,7 @@ def _run_audit(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "weights_sha256": target.weights_sha256,
     }
+    refuse_other_kind(out, "audit", overwrite=args.overwrite)
     _refuse_other_audit(out / "audit.json", settings, args.overwrite)
     print(
         f"auditing {target.source} on {x.shape[0]} test images, ε = {args.eps:.5g} "

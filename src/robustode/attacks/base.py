@@ -149,8 +149,11 @@ def require_positive(**values: object) -> None:
             raise AttackInputError(f"{label} must be a finite number > 0, got {value!r}")
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
-    """One clear error for images or labels an attack cannot take."""
+def check_inputs(
+    x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, model: nn.Module | None = None
+) -> None:
+    """One clear error for images or labels an attack cannot take (and, for a registry model,
+    images it cannot take: its ``model_config`` says how many channels)."""
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
         raise AttackInputError(
             f"images must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}"
@@ -175,6 +178,15 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
             f"[{x.min().item():.4g}, {x.max().item():.4g}]); pass raw pixels and put any "
             "normalisation inside the model"
         )
+    config = getattr(model, "model_config", None)
+    channels = config.get("in_channels") if isinstance(config, dict) else None
+    # a wrong layout otherwise surfaces as a convolution's RuntimeError, or (a 3-D batch)
+    # is taken by conv2d as one unbatched image
+    if isinstance(channels, int) and (x.dim() != 4 or x.shape[1] != channels):
+        raise AttackInputError(
+            f"images must have shape (N, {channels}, H, W) for this {config.get('name')} "
+            f"model, got {tuple(x.shape)}"
+        )
 
 
 class Attack:
@@ -190,6 +202,8 @@ class Attack:
     name: str = "attack"
     # fewer classes make the attack's loss meaningless (DLR needs 3, targeted DLR 4)
     min_classes: int = 2
+    # whether _attack reports the iteration each point first turned adversarial at
+    tracks_first_adversarial: bool = False
 
     def __init__(
         self,
@@ -222,7 +236,7 @@ class Attack:
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
     ) -> AttackResult:
-        check_inputs(x, y, self.threat)
+        check_inputs(x, y, self.threat, model)
         y = y.long()
         x = x.detach()
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
@@ -261,6 +275,13 @@ class Attack:
         x_adv = x.clone()
         queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         loss_trace, extra, first = None, {}, None
+        if not todo.numel() and self.tracks_first_adversarial:
+            # nothing to attack (a model that gets every point wrong): each point is broken at
+            # iteration 0, as misclassified points of an attacked chunk are, and its loss trace
+            # has no iterate (_concat pads it with NaN), so callers need no special case
+            first = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            if trace:
+                loss_trace = torch.full((0, x.shape[0]), float("nan"), device=x.device)
         if todo.numel():
             oracle = Oracle(model, todo.numel(), x.device)
             found, sub_trace, extra = self._attack(oracle, x[todo], y[todo], generator, trace)

@@ -54,7 +54,7 @@ class AttackEnsemble(Attack):
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
     ) -> AttackResult:
-        check_inputs(x, y, self.threat)
+        check_inputs(x, y, self.threat, model)
         y = y.long()
         x = x.detach()
         with model_mode(model, self.model_mode), torch.no_grad():

@@ -41,6 +41,7 @@ class GradientAttack(Attack):
     """Projected gradient ascent on a per-sample loss inside the threat model."""
 
     name = "pgd"
+    tracks_first_adversarial = True
 
     def __init__(
         self,

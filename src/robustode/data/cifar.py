@@ -216,7 +216,12 @@ def load_cifar(
     label_key = source.label_keys[label_mode]
     images, labels = [], []
     for file in files:
-        batch = read_batch(folder / file)
+        try:
+            batch = read_batch(folder / file)
+        except DataError as exc:  # say what the folder must hold instead
+            raise DataError(
+                f"{exc}; {folder} must hold the official python-format files of {source.archive}"
+            ) from None
         data, y = batch.get("data"), batch.get(label_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
             raise DataError(f"{folder / file}: 'data' must be a uint8 N×3072 array")

@@ -67,6 +67,18 @@ def load_npz(path: str | Path | None, *, split: str = "train") -> ImageDataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no .npz file at {path}; root must be the path of a .npz with x and y")
+    # np.load picks the format from the first bytes: a .npy gives an array, anything else is
+    # tried as a pickle (refused, but with numpy's advice to unpickle it); accept a zip only
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != b"PK\x03\x04":
+        raise DataError(
+            f"{path} is not a .npz archive (a zip, as numpy.savez writes); root must be the "
+            "path of a .npz holding x and y"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -73,7 +73,7 @@ class TrainingAttack(GradientAttack):
         Runs in ``model_mode`` and restores every submodule's own train/eval
         flag afterwards; draws its random start from :func:`batch_generator`.
         """
-        check_inputs(x, y, self.threat)
+        check_inputs(x, y, self.threat, model)
         x, y = x.detach(), y.long()
         generator = batch_generator(x.device)
         with model_mode(model, self.model_mode), self.prepared(model, x):

@@ -196,7 +196,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _prepare_folder(
     out_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bool, ctx: DistContext
 ) -> None:
-    """Refuse other settings (unless ``overwrite``); clear stale points; write the config."""
+    """Refuse another command's results or other settings (unless ``overwrite``); clear stale
+    points; write the config."""
+    from ..outputs import refuse_other_kind
+
+    refuse_other_kind(out_dir, "evaluate", overwrite=overwrite)
     path = out_dir / CONFIG_FILE
     clear = False
     if path.is_file():

@@ -84,20 +84,19 @@ def load_target(
     data_seed: int | None = None,
 ) -> Target:
     """Load ``path`` — a run folder, a checkpoint ``.json`` or a weights ``.safetensors`` —
-    with the model rebuilt by ``create_model`` in eval mode. ``data``/``data_dir`` override
-    (or, for a bare weights file, supply) the dataset the run was trained on."""
+    with the model rebuilt by ``create_model`` in eval mode; anything else (a pickle under any
+    name, weights that do not fit the model) is a ``CheckpointError``. ``data``/``data_dir``
+    override (or, for a bare weights file, supply) the dataset the run was trained on."""
     from ..models import create_model
 
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path} does not exist; give a run folder or a checkpoint file")
-    if not path.is_dir() and path.suffix not in (".json", ".safetensors"):
-        raise ValueError(f"{path} is neither a run folder nor a checkpoint (.json or .safetensors)")
+    # read_weights refuses, with what it accepts, a missing path, a pickle under any name and
+    # weights that do not fit their model_config, so the strict load below cannot fail
+    state, model_config, config = read_weights(path)
     run_dir: Path | None = None
     if path.is_dir():
         # a run folder holds checkpoints/; a folder of checkpoints is inside its run folder
         run_dir = path if (path / CHECKPOINT_DIR).is_dir() else path.parent
-    state, model_config, config = read_weights(path)
     model = create_model(**model_config)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()

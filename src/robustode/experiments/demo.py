@@ -177,16 +177,14 @@ def run_demo(
     from ..evaluate.audit import audit, write_audit
     from ..evaluate.runner import run_evaluation
     from ..evaluate.suites import parse_spec
+    from ..outputs import refuse_other_kind
     from ..train import build_config, train
+    from ..train.run_folder import resume_conflicts
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    rows: list[DemoRow] = []
-    for i, (name, description, fields) in enumerate(MODELS, 1):
-        run_dir = out / name
-        config = build_config(
+    configs = [
+        build_config(
             overrides={
                 "data": "digits",
                 "batch_size": 64,
@@ -196,6 +194,25 @@ def run_demo(
                 **fields,
             }
         )
+        for _, _, fields in MODELS
+    ]
+    # before anything is trained or written: a folder of other results, or a demo of other
+    # settings (a resume would refuse its runs one by one, after the first was redone)
+    refuse_other_kind(out, "demo", overwrite=overwrite)
+    if not overwrite:
+        for (name, _, _), config in zip(MODELS, configs, strict=True):
+            changed = resume_conflicts(out / name, config)
+            if changed:
+                raise ValueError(
+                    f"{out} holds a demo of other settings ({name} differs in "
+                    f"{', '.join(changed)}); pass --overwrite to redo it, or --out for another "
+                    "folder"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows: list[DemoRow] = []
+    for i, ((name, description, _), config) in enumerate(zip(MODELS, configs, strict=True), 1):
+        run_dir = out / name
         log(f"[{i}/{len(MODELS)}] {name}: training ({description})")
         t0 = time.perf_counter()
         resume = (run_dir / "config.json").exists() and not overwrite

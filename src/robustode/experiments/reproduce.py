@@ -280,7 +280,13 @@ def _model_for_eval(model, row: Row):
 
 
 def _evaluate_row(
-    table: PaperTable, row: Row, run_dir: Path, scale: Scale, batch_size: int, device: str
+    table: PaperTable,
+    row: Row,
+    run_dir: Path,
+    scale: Scale,
+    batch_size: int,
+    device: str,
+    overwrite: bool = False,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     from ..evaluate import load_target
     from ..evaluate.runner import run_evaluation
@@ -300,6 +306,7 @@ def _evaluate_row(
         specs,
         run_dir / "reproduce-eval",
         batch_size=batch_size,
+        overwrite=overwrite,
         progress=False,
         curve_steps=0,
         eps_grid=(),
@@ -349,12 +356,17 @@ def reproduce(
     data_dir: str | None = None,
     device: str = "cpu",
     batch_size: int = 100,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     stream: TextIO | None = None,
 ) -> ReproduceResult:
     """Train and evaluate every row of table ``name`` at ``scale``; write
-    ``OUT/NAME/reproduce.json`` and ``reproduce.md``; rows already done are reused."""
+    ``OUT/NAME/reproduce.json`` and ``reproduce.md``; rows already done are reused. A folder
+    holding other results, or rows trained with other settings (another scale, say), is
+    refused unless ``overwrite``, which retrains and re-evaluates every row."""
+    from ..outputs import refuse_other_kind
     from ..train import train
+    from ..train.run_folder import resume_conflicts
 
     table = get_table(name)
     if scale not in SCALES:
@@ -362,19 +374,31 @@ def reproduce(
     chosen = SMOKE if scale == "smoke" else FULL
     log = log or (lambda text: print(text, file=stream or sys.stderr, flush=True))
     folder = Path(out_dir) / table.name
-    folder.mkdir(parents=True, exist_ok=True)
     rows = rows_at(table, chosen)
+    configs = [train_config(table, row, chosen, data_dir=data_dir, device=device) for row in rows]
+    # before anything is trained: a resume would refuse a row of other settings only when it
+    # reached it, without saying how to start over
+    refuse_other_kind(folder, "reproduce", overwrite=overwrite)
+    if not overwrite:
+        for row, config in zip(rows, configs, strict=True):
+            changed = resume_conflicts(folder / slug(row.label), config)
+            if changed:
+                raise ValueError(
+                    f"{folder} holds rows of other settings ({slug(row.label)} differs in "
+                    f"{', '.join(changed)}); pass --overwrite to redo them, or --out for "
+                    "another folder"
+                )
+    folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: list[RowResult] = []
-    for i, row in enumerate(rows, 1):
+    for i, (row, config) in enumerate(zip(rows, configs, strict=True), 1):
         t0 = time.perf_counter()
         run_dir = folder / slug(row.label)
-        config = train_config(table, row, chosen, data_dir=data_dir, device=device)
         log(f"[{i}/{len(rows)}] {row.label}: training {config.model} ({config.defense})")
-        resume = (run_dir / "config.json").exists()
-        train(config, run_dir, resume=resume, progress=False)
+        resume = (run_dir / "config.json").exists() and not overwrite
+        train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
         log(f"[{i}/{len(rows)}] {row.label}: evaluating")
-        ours, extra = _evaluate_row(table, row, run_dir, chosen, batch_size, device)
+        ours, extra = _evaluate_row(table, row, run_dir, chosen, batch_size, device, overwrite)
         results.append(
             RowResult(
                 row.label,

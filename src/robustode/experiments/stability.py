@@ -42,8 +42,10 @@ class StabilitySettings:
             raise ValueError("t0s must be positive integration times")
         if self.gamma < 0:
             raise ValueError(f"gamma must be ≥ 0, got {self.gamma}")
-        if self.delta <= 0 or self.tol <= 0:
-            raise ValueError("delta and tol must be positive")
+        if not (self.delta > 0 and self.tol > 0):  # NaN fails too
+            raise ValueError(
+                f"delta and tol must be numbers > 0, got delta={self.delta!r}, tol={self.tol!r}"
+            )
         if min(self.channels, self.size, self.batch) < 1:
             raise ValueError("channels, size and batch must be ≥ 1")
 

@@ -17,6 +17,13 @@ verifies the hashes; when the checkpoint ``latest.json`` names is missing or
 damaged (or ``latest.json`` itself is), the newest earlier checkpoint that
 verifies is taken instead, and the caller is told. Leftover ``*.tmp`` files
 of an interrupted write are never read.
+
+Nothing here unpickles: a file is read only as safetensors or JSON. A pickle
+(``torch.save``'s ``.pt``/``.pth``/``.ckpt``, zipped or not), whatever its
+name, is recognised by its first bytes and refused with a
+:class:`CheckpointError`, since unpickling it would run whatever code it
+names. Weights that do not fit the model their ``model_config`` names
+(missing, unexpected or mis-shaped tensors) are refused with the list.
 """
 
 from __future__ import annotations
@@ -46,6 +53,13 @@ _FILE = re.compile(r"^epoch-(\d+)\.(?:json|safetensors|state\.safetensors)(?:\.t
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or not a robustode checkpoint."""
+
+
+ACCEPTED = (
+    "accepted: a run folder, a checkpoint .json or a weights .safetensors written by robustode"
+)
+# names in an error message per kind of mismatch; the rest are counted
+_LIST_AT_MOST = 12
 
 
 @dataclass
@@ -186,35 +200,73 @@ def _read_verified(path: Path, sha256: str) -> bytes:
     return data
 
 
+def _pickle_kind(head: bytes) -> str | None:
+    """What a file starting with ``head`` is when it is a pickle container, else None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (the format torch.save writes, holding a pickle)"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocol 2–5
+        return "a pickle (as torch.save or pickle.dump write)"
+    return None
+
+
+def _refuse_pickle(head: bytes, path: Path) -> None:
+    kind = _pickle_kind(head)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}; robustode never unpickles a file, since unpickling can run "
+            f"code; {ACCEPTED}"
+        )
+
+
 def _load_tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    _refuse_pickle(data[:8], path)
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a safetensors file: {exc}") from None
+        raise CheckpointError(f"{path} is not a safetensors file ({exc}); {ACCEPTED}") from None
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify the checkpoint whose JSON file is ``path`` (tensors on the CPU)."""
     path = Path(path)
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    _refuse_pickle(data[:8], path)
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a checkpoint .json (not UTF-8 JSON: {exc}); {ACCEPTED}"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file")
-    files = meta["files"]
-    weights_path = path.with_name(files["weights"]["name"])
-    state_path = path.with_name(files["state"]["name"])
-    model_state = _load_tensors(
-        _read_verified(weights_path, files["weights"]["sha256"]), weights_path
-    )
-    state = _load_tensors(_read_verified(state_path, files["state"]["sha256"]), state_path)
+        raise CheckpointError(f"{path} is not a {FORMAT} file; {ACCEPTED}")
+    try:
+        files = meta["files"]
+        # a bare file name beside the .json: with_name refuses anything with a separator
+        weights_path = path.with_name(str(files["weights"]["name"]))
+        state_path = path.with_name(str(files["state"]["name"]))
+        weights_sha, state_sha = str(files["weights"]["sha256"]), str(files["state"]["sha256"])
+        epoch = int(meta["epoch"])
+        model_config = meta["model_config"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is a damaged {FORMAT} file ({type(exc).__name__}: {exc} in its fields)"
+        ) from None
+    model_state = _load_tensors(_read_verified(weights_path, weights_sha), weights_path)
+    state = _load_tensors(_read_verified(state_path, state_sha), state_path)
     rng = {k[len("rng.") :]: v for k, v in state.items() if k.startswith("rng.")}
-    optimizer = _join_optimizer(state, meta["optimizer"]) if meta.get("optimizer") else None
+    try:
+        optimizer = _join_optimizer(state, meta["optimizer"]) if meta.get("optimizer") else None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is a damaged {FORMAT} file (its optimizer state: {exc})"
+        ) from None
     return Checkpoint(
-        epoch=int(meta["epoch"]),
+        epoch=epoch,
         model_state=model_state,
-        model_config=meta["model_config"],
+        model_config=model_config,
         config=meta.get("config") or {},
         optimizer_state=optimizer,
         schedule_state=meta.get("schedule"),
@@ -247,15 +299,18 @@ def find_checkpoint(
     newest_first = sorted(_meta_epochs(folder), reverse=True)
     limit = int(_META.match(candidates[0].name).group(1)) if candidates else None
     candidates += [folder / names(e)[2] for e in newest_first if limit is None or e < limit]
+    first_reason = ""
     for path in candidates:
         try:
             return read_checkpoint(path)
         except CheckpointError as exc:
+            first_reason = first_reason or str(exc)
             if log:
                 log(f"skipping checkpoint {path.name}: {exc}")
     if candidates:
         raise CheckpointError(
-            f"no checkpoint in {folder} verifies; start the run again with --overwrite"
+            f"no checkpoint in {folder} verifies (newest: {first_reason}); "
+            "start the run again with --overwrite"
         )
     return None
 
@@ -270,8 +325,77 @@ def _model_config_of(path: Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
     if metadata.get("format") != FORMAT or "model_config" not in metadata:
-        raise CheckpointError(f"{path} carries no robustode model_config")
-    return json.loads(metadata["model_config"])
+        raise CheckpointError(
+            f"{path} carries no robustode model_config in its header, so the model it holds "
+            f"is unknown; {ACCEPTED}"
+        )
+    try:
+        return json.loads(metadata["model_config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its model_config is not JSON ({exc})") from None
+
+
+def _shape(shape: Any) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_AT_MOST])
+    more = len(items) - _LIST_AT_MOST
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def weights_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> str | None:
+    """What keeps ``state`` from loading strictly into a model whose state has the shapes
+    ``expected`` (missing, unexpected and mis-shaped tensors, each listed), or None."""
+    # sorted: a safetensors file does not keep the order its tensors were saved in
+    missing = sorted(k for k in expected if k not in state)
+    extra = sorted(k for k in state if k not in expected)
+    misshaped = [
+        f"{k} expected {_shape(expected[k])}, found {_shape(state[k].shape)}"
+        for k in sorted(expected)
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensor(s): {_listed(missing)}")
+    if extra:
+        parts.append(f"unexpected {len(extra)} tensor(s): {_listed(extra)}")
+    if misshaped:
+        parts.append(f"{len(misshaped)} tensor(s) of the wrong shape: {_listed(misshaped)}")
+    return "; ".join(parts) or None
+
+
+def _expected_shapes(model_config: Any, path: Path) -> dict[str, torch.Size]:
+    """The state shapes of the model ``model_config`` names, built without allocating its
+    weights (on the meta device) so a header naming a huge model costs nothing."""
+    from ..models import create_model
+
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("name"), str):
+        raise CheckpointError(
+            f"{path}: its model_config must be a table naming the model ('name'), "
+            f"got {model_config!r}"
+        )
+    try:
+        with torch.device("meta"):
+            model = create_model(**model_config)
+    except ValueError as exc:  # ModelConfigError: an unknown model or option
+        raise CheckpointError(f"{path} names a model robustode cannot build: {exc}") from None
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def check_weights(
+    state: dict[str, torch.Tensor], model_config: dict[str, Any], path: str | Path
+) -> None:
+    """Raise a :class:`CheckpointError` listing every tensor of ``state`` that does not fit the
+    model ``model_config`` names (missing, unexpected, or expected vs found shape)."""
+    path = Path(path)
+    problem = weights_mismatch(state, _expected_shapes(model_config, path))
+    if problem:
+        raise CheckpointError(
+            f"{path} does not fit the model its model_config names "
+            f"({model_config['name']}): {problem}"
+        )
 
 
 def read_weights(
@@ -279,20 +403,45 @@ def read_weights(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """(model state, model_config, the run's training config) of a run folder's latest
     checkpoint, a checkpoint's ``.json``, or a weights ``.safetensors`` file (whose training
-    config is unknown: ``{}``). Verified, never unpickled."""
-    from safetensors.torch import load_file
-
+    config is unknown: ``{}``). Verified, never unpickled, and checked to fit the model its
+    ``model_config`` names (:func:`check_weights`). Anything else — a missing path, a
+    pickle under any name — is a :class:`CheckpointError` saying what is accepted."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; {ACCEPTED}")
     if path.is_dir():
         folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
         checkpoint = find_checkpoint(folder)
         if checkpoint is None:
-            raise CheckpointError(f"{path} holds no checkpoint")
-        return checkpoint.model_state, checkpoint.model_config, checkpoint.config
-    if path.suffix == ".json":
+            raise CheckpointError(
+                f"{path} holds no checkpoint ({CHECKPOINT_DIR}/epoch-N.json); {ACCEPTED}"
+            )
+        state, model_config, config = (
+            checkpoint.model_state,
+            checkpoint.model_config,
+            checkpoint.config,
+        )
+    elif path.suffix == ".json":
         checkpoint = read_checkpoint(path)
-        return checkpoint.model_state, checkpoint.model_config, checkpoint.config
-    return load_file(str(path)), _model_config_of(path), {}
+        state, model_config, config = (
+            checkpoint.model_state,
+            checkpoint.model_config,
+            checkpoint.config,
+        )
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+        _refuse_pickle(data[:8], path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(
+                f"{path}: robustode does not read '{path.suffix}' files (.pt, .pth and .ckpt "
+                f"are pickles, which it never loads since unpickling can run code); {ACCEPTED}"
+            )
+        state, model_config, config = _load_tensors(data, path), _model_config_of(path), {}
+    check_weights(state, model_config, path)
+    return state, model_config, config
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -69,7 +69,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: CUDA (the local rank's GPU) when there is one, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    # torch.device takes a dozen backends robustode never runs on, and refuses unknown names
+    # with a RuntimeError listing them all; name only what is accepted here
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_bytes_atomic, write_json_atomic
+from ..outputs import refuse_other_kind
 from .checkpoint import CHECKPOINT_DIR, LATEST
 from .config import ConfigError, TrainConfig, field_names
 
@@ -61,6 +62,19 @@ def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [name for name in field_names() if getattr(a, name) != getattr(b, name)]
 
 
+def resume_conflicts(run_dir: Path, config: TrainConfig) -> list[str]:
+    """The fields in which the run ``run_dir`` holds differs from ``config`` beyond what a
+    resume may change (:data:`RESUMABLE`); [] when it holds no run. An unreadable config
+    counts as the conflict ``config.json``."""
+    if not (run_dir / CONFIG).exists():
+        return []
+    try:
+        stored = read_run_config(run_dir)
+    except ConfigError:
+        return [CONFIG]
+    return [n for n in differences(stored, config) if n not in RESUMABLE]
+
+
 def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a start that would lose or mix up a run."""
     if resume and overwrite:
@@ -76,6 +90,11 @@ def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite
                 f"may change only: {', '.join(RESUMABLE)}"
             )
         return
+    # a folder holding an evaluation, an audit, … is not a run folder to start in
+    try:
+        refuse_other_kind(run_dir, "train", overwrite=overwrite, out_flag="--run-dir")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if overwrite or not holds_run(run_dir):
         return
     try:
