@@ -53,10 +53,18 @@ def small_cnn() -> nn.Module:
 
 
 def train_small_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int = 0
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int = 0,
+    defense: Callable | None = None,
 ) -> nn.Module:
-    """Natural training: SGD (lr 0.05, momentum 0.9), batch 128, horizontal flips."""
+    """SGD (lr 0.05, momentum 0.9), batch 128, horizontal flips; natural training, or the
+    loss of a robustode ``defense`` (e.g. ``create_defense("pgd_at")``) when one is given."""
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # a training attack's random starts come from the global RNG
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     model.train()
     for _ in range(epochs):
@@ -65,7 +73,10 @@ def train_small_model(
             idx = order[start : start + 128]
             flip = torch.rand(len(idx), generator=generator) < 0.5
             xb = torch.where(flip[:, None, None, None], x[idx].flip(3), x[idx])
-            loss = F.cross_entropy(model(xb), y[idx])
+            if defense is None:
+                loss = F.cross_entropy(model(xb), y[idx])
+            else:
+                loss, _ = defense(model, xb, y[idx])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -73,35 +84,13 @@ def train_small_model(
 
 
 def train_pgd_model(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    eps: float = 8 / 255,
-    steps: int = 7,
-    seed: int = 0,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int = 0
 ) -> nn.Module:
-    """PGD-AT (Madry): SGD as :func:`train_small_model`, on robustode's ``pgd_at`` defense
-    (L∞ ε, step ε/4, ``steps`` steps, random start), batch 128, horizontal flips."""
+    """PGD-AT (Madry) through robustode's ``pgd_at``: L∞ ε 8/255, step 2/255, 7 steps."""
     from robustode.defenses import create_defense
 
-    defense = create_defense("pgd_at", eps=eps, step_size=eps / 4, steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the training attack's random starts come from the global RNG
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 128):
-            idx = order[start : start + 128]
-            flip = torch.rand(len(idx), generator=generator) < 0.5
-            xb = torch.where(flip[:, None, None, None], x[idx].flip(3), x[idx])
-            loss, _ = defense(model, xb, y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
+    defense = create_defense("pgd_at", eps=8 / 255, step_size=2 / 255, steps=7)
+    return train_small_model(model, x, y, epochs=epochs, seed=seed, defense=defense)
 
 
 @dataclass(frozen=True)

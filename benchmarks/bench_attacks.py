@@ -163,10 +163,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = section(args.quick, args.data, args.images, args.repeats)
-    print()
-    print(result.table)
-    if args.json:
-        result.write_json(args.json)
+    result.report(args.json)
 
 
 if __name__ == "__main__":

@@ -195,10 +195,7 @@ def main() -> None:
         print(json.dumps(measure_one(width, batch, adjoint, backend, method, device)))
         return
     result = section(args.quick, args.width, args.batch, args.method, args.device, args.threads)
-    print()
-    print(result.table)
-    if args.json:
-        result.write_json(args.json)
+    result.report(args.json)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     result = section(args.quick, args.batch, args.repeats)
-    print()
-    print(result.table)
-    if args.json:
-        result.write_json(args.json)
+    result.report(args.json)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,10 @@ class Section:
     def write_json(self, path: str | Path) -> None:
         payload = {"environment": environment(), **self.to_dict()}
         Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+    def report(self, json_path: str | Path | None = None) -> None:
+        """Print the table (a module's own command line); also write the JSON if asked."""
+        print()
+        print(self.table)
+        if json_path:
+            self.write_json(json_path)
