@@ -3,8 +3,8 @@ torchdiffeq (issue 7, item 2; target: our adjoint ≤ 0.5 of our backprop).
 
 Each configuration runs in a fresh Python process, so one run's allocator state
 cannot hide another's peak. On CPU the figure is the growth of the process's
-peak resident set (``ru_maxrss``) over its resident set just before the
-forward pass — model, weights and input already allocated; on CUDA it is
+peak resident set (``VmHWM``, reset just before the forward pass) over its
+resident set at that moment — model, weights and input already allocated; on CUDA it is
 ``torch.cuda.max_memory_allocated`` over the same baseline.
 
     python -m benchmarks.bench_memory [--quick] [--width 32] [--batch 64] [--json out.json]
@@ -37,8 +37,19 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak_resident() -> None:
+    """Start the peak-RSS count (VmHWM) afresh: Linux keeps it across ``exec``, so a process
+    started by a large parent would otherwise report the parent's size as its own peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _peak_resident_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise OSError("no VmHWM in /proc/self/status: peak memory needs Linux")
 
 
 def measure_one(
@@ -60,6 +71,7 @@ def measure_one(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
+        _reset_peak_resident()
         base = _resident_bytes()
     start = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(model(x), y)
