@@ -17,6 +17,7 @@ more than 1 point above the peer's.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -36,7 +37,26 @@ from .attack_peers import (
 from .section import Section
 from .timing import interleaved_medians
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
+# $ROBUSTODE_CIFAR10_DIR, else the workspace's ../shared/data next to the checkout (as the tests)
+DEFAULT_DATA = Path(
+    os.environ.get(
+        "ROBUSTODE_CIFAR10_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py",
+    )
+)
+
+
+def check_data(folder: Path) -> None:
+    """One clear error, before anything runs, when ``folder`` holds no CIFAR-10 batches."""
+    missing = [n for n in ("data_batch_1", "test_batch") if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(
+            f"the attack benchmark needs CIFAR-10 test images, and {folder} has no "
+            f"{' or '.join(missing)}; pass --data-dir with a cifar-10-batches-py folder (the "
+            "official python batches), or set ROBUSTODE_CIFAR10_DIR"
+        )
+
+
 ISSUE_ATTACKS = ("PGD-20 L∞", "PGD-20 L2", "APGD-CE", "Square", "SPSA")
 ACCURACY_SLACK = 0.01  # ours may be at most 1 point less strong than the peer
 
@@ -138,6 +158,7 @@ def section(
 ) -> Section:
     """Quick: 100 images, 3 repeats, 1-epoch models, small Square/SPSA budgets."""
     images, repeats = (100, 3) if quick else (images, repeats)
+    check_data(data)
     result = run(data, images, repeats, quick=quick)
     clean = ", ".join(f"{k} {100 * v:.1f} %" for k, v in result["clean"].items())
     return Section(

@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -102,9 +103,13 @@ def run(width: int, batch: int, method: str, device: str, threads: int) -> list[
             "--one",
             json.dumps([width, batch, adjoint, backend, method, device, threads]),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        # run from the checkout's root, wherever the caller stands: -m needs benchmarks/
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1]
+        )
         if done.returncode != 0:
-            raise SystemExit(f"{label}: the measuring process failed:\n{done.stderr[-2000:]}")
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"memory benchmark, {label}: the measuring process failed: {last}")
         row = {"config": label, "adjoint": adjoint, "backend": backend}
         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         rows.append(row)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from robustode.cli import BENCH_SECTIONS
 from robustode.io import write_bytes_atomic, write_json_atomic
 
 from .section import Section, environment
@@ -22,21 +24,18 @@ from .section import Section, environment
 SectionFn = Callable[[bool], Section]
 
 
-def _sections() -> dict[str, SectionFn]:
-    # imported here: each module pulls in its peer (torchdiffeq, torchattacks) on import
-    from . import bench_attacks, bench_data, bench_gpu, bench_memory, bench_ode, bench_training
-
-    return {
-        "ode": lambda quick: bench_ode.section(quick),
-        "memory": lambda quick: bench_memory.section(quick),
-        "attacks": lambda quick: bench_attacks.section(quick),
-        "training": lambda quick: bench_training.section(quick),
-        "data": lambda quick: bench_data.section(quick),
-        "gpu": lambda quick: bench_gpu.section(quick, "cuda"),
-    }
+def _section_function(name: str, data_dir: Path | None = None) -> SectionFn:
+    """The ``section`` of benchmark ``name``, imported only when it runs: each module pulls
+    in its peer (torchdiffeq, torchattacks) on import."""
+    module = importlib.import_module(f"benchmarks.bench_{name}")
+    if name == "gpu":
+        return lambda quick: module.section(quick, "cuda")
+    if name == "attacks" and data_dir is not None:
+        return lambda quick: module.section(quick, data_dir)
+    return module.section
 
 
-NAMES = ("ode", "memory", "attacks", "training", "data", "gpu")
+NAMES = BENCH_SECTIONS
 
 
 def heading(env: dict, command: str, quick: bool) -> str:
@@ -57,26 +56,30 @@ def heading(env: dict, command: str, quick: bool) -> str:
             f"- command: `{command}`",
             "- every time figure is a ratio ours / peer measured in the same run, interleaved "
             "(A B A B …), median of the repeats after one warm-up round; lower is better "
-            "(the data pipeline reports a speed-up, higher is better)",
+            "(the data pipeline and the GPU section report a speed-up: higher is better)",
         ]
     )
 
 
 def run_suite(
-    names: Sequence[str], quick: bool, out: Path, command: str, log=print
+    names: Sequence[str],
+    quick: bool,
+    out: Path,
+    command: str,
+    log=print,
+    data_dir: Path | None = None,
 ) -> list[Section]:
     """Run the named sections in order; rewrite bench.md and bench.json after each."""
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     sections: list[Section] = []
-    functions = _sections()
     for name in names:
         if name == "gpu" and not torch.cuda.is_available():
             log("[bench] gpu: skipped — no CUDA device, so no GPU figure was taken")
             continue
         log(f"[bench] {name} …")
         start = time.perf_counter()
-        section = functions[name](quick)
+        section = _section_function(name, data_dir)(quick)
         seconds = time.perf_counter() - start
         section.data["seconds"] = seconds
         sections.append(section)
@@ -98,7 +101,7 @@ def run_suite(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from robustode.cli import BENCH_SECTIONS, bench_arguments
+    from robustode.cli import bench_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     bench_arguments(p)
@@ -111,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_from_args(names: list[str], args: argparse.Namespace, program: str) -> int:
     """Run ``names`` with the parsed options of :func:`robustode.cli.bench_arguments`."""
+    names = list(dict.fromkeys(names))  # a name given twice runs once
+    if "attacks" in names:  # before any section runs, not after an hour of them
+        from .bench_attacks import DEFAULT_DATA, check_data
+
+        args.data_dir = args.data_dir or DEFAULT_DATA
+        check_data(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = " ".join(
@@ -120,7 +129,7 @@ def run_from_args(names: list[str], args: argparse.Namespace, program: str) -> i
         + ([f"--threads {args.threads}"] if args.threads else [])
     )
     start = time.perf_counter()
-    run_suite(names, args.quick, args.out, command)
+    run_suite(names, args.quick, args.out, command, data_dir=args.data_dir)
     print(f"wrote {args.out / 'bench.md'} and bench.json ({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -35,3 +35,13 @@ def test_bench_bad_section_is_one_line(capsys, tmp_path):
         "training, data, gpu (comma-separated)"
     ]
     assert not any(tmp_path.iterdir())  # nothing written before the input was checked
+
+
+def test_bench_without_cifar_batches_says_so_before_running_anything(capsys, tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "--only", "data,attacks", "--data-dir", str(tmp_path), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no data_batch_1 or test_batch" in err[0], err
+    assert "pass --data-dir with a cifar-10-batches-py folder" in err[0]
+    assert not out.exists()  # the data section, first in order, did not run either

@@ -495,10 +495,14 @@ def test_ranks_together_see_exactly_the_single_process_batches(world_size):
 
 def test_a_last_batch_smaller_than_world_size_gives_empty_slices_but_equal_batch_counts():
     ds = indexed_dataset(102, shape=(1, 4, 4))  # last global batch: 2 images over 4 ranks
-    ranks = [list(DeviceLoader(ds, 100, shuffle=True, rank=r, world_size=4)) for r in range(4)]
-    assert [len(r) for r in ranks] == [2, 2, 2, 2]
-    assert [len(r[1][1]) for r in ranks] == [0, 1, 0, 1]
-    assert [tuple(r[1][0].shape[1:]) for r in ranks] == [(1, 4, 4)] * 4
+    for augment in (False, True):
+        ranks = [
+            list(DeviceLoader(ds, 100, shuffle=True, augment=augment, rank=r, world_size=4))
+            for r in range(4)
+        ]
+        assert [len(r) for r in ranks] == [2, 2, 2, 2]
+        assert [len(r[1][1]) for r in ranks] == [0, 1, 0, 1]
+        assert [tuple(r[1][0].shape[1:]) for r in ranks] == [(1, 4, 4)] * 4
 
 
 def test_len_and_drop_last():

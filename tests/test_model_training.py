@@ -30,7 +30,7 @@ def test_100_sgd_steps_lower_the_training_loss(name, options, one_thread):
         # train-mode BatchNorm (statistics of these 256 images): the running averages lag
         # 100 steps behind the weights of a 56-layer net, and with them the eval-mode loss
         # of preact_resnet56 rose 2.30 → 2.42 on one thread while its step loss fell
-        # 2.27 → 1.56 (and fell on two threads: the test hung on the thread count)
+        # 2.27 → 1.56 (and fell on two threads: the outcome depended on the thread count)
         with torch.no_grad():
             return float(F.cross_entropy(model(x), y))
 

@@ -953,6 +953,13 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
         help="folder for bench.md and bench.json, rewritten after each section "
         "(default: runs/bench)",
     )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="cifar-10-batches-py folder for the attacks section (default: "
+        "$ROBUSTODE_CIFAR10_DIR, else ../shared/data/cifar-10-batches-py next to the checkout)",
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
 
 

@@ -44,8 +44,10 @@ def crop_flip(
     broadcast index tensors (benchmarks/bench_data.py).
     """
     b, c, h, w = x.shape
-    padded_w = w + 2 * padding
-    padded = F.pad(x, (padding, padding, padding, padding)).reshape(b, c, -1)
+    padded_h, padded_w = h + 2 * padding, w + 2 * padding
+    # sizes spelt out: a rank's slice of a small last batch can be empty, and -1 cannot
+    # be inferred from zero elements
+    padded = F.pad(x, (padding, padding, padding, padding)).reshape(b, c, padded_h * padded_w)
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
