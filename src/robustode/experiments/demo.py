@@ -179,7 +179,7 @@ def run_demo(
     from ..evaluate.suites import parse_spec
     from ..outputs import refuse_other_kind
     from ..train import build_config, train
-    from ..train.run_folder import resume_conflicts
+    from ..train.run_folder import refuse_changed_runs
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = Path(out_dir)
@@ -200,14 +200,8 @@ def run_demo(
     # settings (a resume would refuse its runs one by one, after the first was redone)
     refuse_other_kind(out, "demo", overwrite=overwrite)
     if not overwrite:
-        for (name, _, _), config in zip(MODELS, configs, strict=True):
-            changed = resume_conflicts(out / name, config)
-            if changed:
-                raise ValueError(
-                    f"{out} holds a demo of other settings ({name} differs in "
-                    f"{', '.join(changed)}); pass --overwrite to redo it, or --out for another "
-                    "folder"
-                )
+        names = [name for name, _, _ in MODELS]
+        refuse_changed_runs(out, dict(zip(names, configs, strict=True)), "a demo")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows: list[DemoRow] = []

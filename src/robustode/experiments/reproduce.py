@@ -366,7 +366,7 @@ def reproduce(
     refused unless ``overwrite``, which retrains and re-evaluates every row."""
     from ..outputs import refuse_other_kind
     from ..train import train
-    from ..train.run_folder import resume_conflicts
+    from ..train.run_folder import refuse_changed_runs
 
     table = get_table(name)
     if scale not in SCALES:
@@ -380,14 +380,8 @@ def reproduce(
     # reached it, without saying how to start over
     refuse_other_kind(folder, "reproduce", overwrite=overwrite)
     if not overwrite:
-        for row, config in zip(rows, configs, strict=True):
-            changed = resume_conflicts(folder / slug(row.label), config)
-            if changed:
-                raise ValueError(
-                    f"{folder} holds rows of other settings ({slug(row.label)} differs in "
-                    f"{', '.join(changed)}); pass --overwrite to redo them, or --out for "
-                    "another folder"
-                )
+        slugs = [slug(row.label) for row in rows]
+        refuse_changed_runs(folder, dict(zip(slugs, configs, strict=True)), "rows")
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: list[RowResult] = []

@@ -75,6 +75,21 @@ def resume_conflicts(run_dir: Path, config: TrainConfig) -> list[str]:
     return [n for n in differences(stored, config) if n not in RESUMABLE]
 
 
+def refuse_changed_runs(folder: Path, runs: dict[str, TrainConfig], held: str) -> None:
+    """Before a command that trains several runs under ``folder`` starts: a ``ValueError``
+    when one of them (``runs``: sub-folder name → config) already holds a run of other
+    settings, which a resume would refuse only once it got there. ``held`` names what the
+    folder holds ("a demo", "rows")."""
+    for name, config in runs.items():
+        changed = resume_conflicts(folder / name, config)
+        if changed:
+            raise ValueError(
+                f"{folder} holds {held} of other settings ({name} differs in "
+                f"{', '.join(changed)}); pass --overwrite to redo it, or --out for another "
+                "folder"
+            )
+
+
 def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a start that would lose or mix up a run."""
     if resume and overwrite:
