@@ -98,12 +98,19 @@ def _add_stability(sub) -> None:
     p.set_defaults(run=_run_stability)
 
 
-def _refuse_other_settings(path: Path, settings: dict, overwrite: bool, what: str) -> None:
-    """A result file written from other settings is replaced only with --overwrite."""
+def _refuse_other_settings(
+    path: Path,
+    settings: dict,
+    overwrite: bool,
+    what: str,
+    settings_of=lambda document: document.get("settings"),
+) -> None:
+    """A result file written from other settings is replaced only with --overwrite;
+    ``settings_of`` reads the settings a file was written with from its JSON."""
     if overwrite or not path.is_file():
         return
     try:
-        previous = json.loads(path.read_text()).get("settings")
+        previous = settings_of(json.loads(path.read_text()))
     except (OSError, ValueError, AttributeError):
         previous = None
     if previous != settings:
@@ -854,27 +861,16 @@ def _add_audit(sub) -> None:
     p.set_defaults(run=_run_audit)
 
 
-def _refuse_other_audit(path: Path, settings: dict, overwrite: bool) -> None:
-    """An audit.json from other settings (or other weights) is replaced only with --overwrite."""
-    if overwrite or not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        old = {}
-    was = {
-        "eps": old.get("eps"),
-        "n": old.get("n"),
-        "level": old.get("level"),
-        "seed": old.get("info", {}).get("seed"),
-        "weights_sha256": old.get("info", {}).get("weights_sha256"),
+def _audit_settings(document: dict) -> dict:
+    """The settings an audit.json was written with (they sit at two levels of it)."""
+    info = document.get("info", {})
+    return {
+        "eps": document.get("eps"),
+        "n": document.get("n"),
+        "level": document.get("level"),
+        "seed": info.get("seed"),
+        "weights_sha256": info.get("weights_sha256"),
     }
-    differ = [k for k, v in settings.items() if was[k] != v]
-    if differ:
-        raise ValueError(
-            f"{path} holds an audit with other settings ({', '.join(differ)}); "
-            "pass --overwrite to replace it, or --out for another folder"
-        )
 
 
 def _run_audit(args: argparse.Namespace) -> int:
@@ -898,7 +894,9 @@ def _run_audit(args: argparse.Namespace) -> int:
         "weights_sha256": target.weights_sha256,
     }
     refuse_other_kind(out, "audit", overwrite=args.overwrite)
-    _refuse_other_audit(out / "audit.json", settings, args.overwrite)
+    _refuse_other_settings(
+        out / "audit.json", settings, args.overwrite, "an audit", settings_of=_audit_settings
+    )
     print(
         f"auditing {target.source} on {x.shape[0]} test images, ε = {args.eps:.5g} "
         f"({args.eps * 255:.3g}/255), level {args.level} ...",

@@ -29,10 +29,10 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from ..attacks import Attack, GradientAttack, attack_preset, create_attack
+from ..attacks import Attack, attack_preset, create_attack
 from ..io import write_json_atomic
 from ..train.distributed import DistContext
-from .curves import DEFAULT_EPS_GRID, CurvePlan, plan_curves, steps_curve
+from .curves import DEFAULT_EPS_GRID, EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
 from .suites import AttackSpec
 
 CONFIG_FILE = "eval_config.json"
@@ -134,8 +134,6 @@ def _run_batch(
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - started
     first = result.first_adversarial
-    if first is None and isinstance(attack, GradientAttack) and not result.clean_correct.any():
-        first = torch.zeros_like(result.queries)  # nothing to attack: every point broken at 0
     members = result.extra.get("per_attack")
     return {
         "success": result.success.int().cpu().tolist(),
@@ -322,7 +320,7 @@ def run_evaluation(
 
     points = {s.id: _gather(out_dir, s, batches) for s in all_specs}
     attacks = {s.id: s.create(seed=seed) for s in all_specs}
-    curves = _curves(plan, points)
+    curves = _curves(plan, points, attacks)
     report = build_report(
         specs=specs,
         attacks=attacks,
@@ -342,13 +340,15 @@ def run_evaluation(
     return EvaluationResult(report=report, out_dir=out_dir, points=points)
 
 
-def _curves(plan: CurvePlan, points: dict[str, PointResults]) -> dict[str, Any]:
+def _curves(
+    plan: CurvePlan, points: dict[str, PointResults], attacks: dict[str, Attack]
+) -> dict[str, Any]:
     curves: dict[str, Any] = {"steps": None, "eps": None}
     if plan.steps is not None:
         spec, k = plan.steps
         first = points[spec.id].first_adversarial
         if first is not None:
-            attack = spec.create()
+            attack = attacks[spec.id]
             curves["steps"] = {
                 "attack": spec.id,
                 "norm": attack.threat.norm,
@@ -358,7 +358,7 @@ def _curves(plan: CurvePlan, points: dict[str, PointResults]) -> dict[str, Any]:
             }
     if plan.eps:
         curves["eps"] = {
-            "steps": 20,
+            "steps": EPS_CURVE_STEPS,
             "norm": "linf",
             "points": [
                 {

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.adaptive import solvers_replaced
 from ..nn.ode_block import ODEBlock, named_ode_blocks
 
 DEFAULT_ITERATIONS = (1, 100, 1000)
@@ -112,15 +113,12 @@ def solver_tolerance(model: nn.Module, tol: float | None) -> Iterator[None]:
     if tol is None:
         yield
         return
-    saved = [(b, b.solver) for _, b in find_ode_blocks(model)]
-    try:
-        for block, solver in saved:
-            if solver.adaptive:
-                block.solver = solver.replace(rtol=tol, atol=tol)
+    blocks = [block for _, block in find_ode_blocks(model)]
+    tightened = [
+        b.solver.replace(rtol=tol, atol=tol) if b.solver.adaptive else b.solver for b in blocks
+    ]
+    with solvers_replaced(blocks, tightened):
         yield
-    finally:
-        for block, solver in saved:
-            block.solver = solver
 
 
 # ----------------------------------------------------------------- trajectory

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..attacks import Attack, attack_preset, create_attack, has_ode_blocks, list_attacks
+from ..attacks import Attack, attack_preset, create_attack, has_ode_blocks
 
 PAPER = ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "pgd1000-l2", "cw-linf", "spsa")
 AUTOATTACK = ("autoattack",)
@@ -102,8 +102,7 @@ def parse_spec(text: str) -> AttackSpec:
     text = text.strip()
     name, sep, rest = text.partition(":")
     name = name.strip()
-    if name not in list_attacks():
-        raise ValueError(f"unknown attack '{name}'; choose one of: {', '.join(list_attacks())}")
+    accepted = attack_preset(name).options  # an unknown name: one AttackInputError (ValueError)
     options: dict[str, Any] = {}
     if sep:
         for item in rest.split(","):
@@ -115,7 +114,6 @@ def parse_spec(text: str) -> AttackSpec:
                 )
             options[key] = _value(value.strip())
     spec = AttackSpec(text, name, options)
-    accepted = attack_preset(name).options
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise ValueError(

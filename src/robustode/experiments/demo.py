@@ -173,6 +173,7 @@ def run_demo(
 ) -> DemoResult:
     """Train, attack and audit the three demo models; write ``OUT/demo.json``, ``demo.md``,
     ``demo.png`` and each model's own ``eval/`` report and ``audit/`` verdict."""
+    from ..attacks import has_ode_blocks
     from ..evaluate import load_target
     from ..evaluate.audit import audit, write_audit
     from ..evaluate.runner import run_evaluation
@@ -215,10 +216,11 @@ def run_demo(
 
         target = load_target(run_dir, device=device)
         x, y = target.test_images(N_TEST)
+        parsed = {key: parse_spec(spec) for key, _, spec in ATTACKS}
         specs = [
-            parse_spec(spec)
-            for key, _, spec in ATTACKS
-            if key != "adaptive" or _has_ode(target.model)
+            spec
+            for key, spec in parsed.items()
+            if key != "adaptive" or has_ode_blocks(target.model)
         ]
         log(f"[{i}/{len(MODELS)}] {name}: attacking ({len(specs)} attacks, {len(y)} images)")
         t0 = time.perf_counter()
@@ -238,7 +240,7 @@ def run_demo(
         )
         t_eval = time.perf_counter() - t0
         by_id = {a["id"]: a["robust_accuracy"] for a in evaluation.report["attacks"]}
-        robust = {key: by_id.get(parse_spec(spec).id) for key, _, spec in ATTACKS}
+        robust = {key: by_id.get(spec.id) for key, spec in parsed.items()}
 
         log(f"[{i}/{len(MODELS)}] {name}: gradient-masking audit ({audit_level})")
         t0 = time.perf_counter()
@@ -265,12 +267,6 @@ def run_demo(
     write_bytes_atomic((format_demo(result) + "\n").encode(), out / "demo.md")
     plot_demo(result, out / "demo.png")
     return result
-
-
-def _has_ode(model) -> bool:
-    from ..attacks import has_ode_blocks
-
-    return has_ode_blocks(model)
 
 
 def plot_demo(result: DemoResult, path: Path) -> None:

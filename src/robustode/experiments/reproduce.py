@@ -200,9 +200,6 @@ class ReproduceResult:
             "seconds": self.seconds,
         }
 
-    def markdown(self) -> str:
-        return format_table(self)
-
 
 def scale_notes(table: PaperTable, scale: Scale) -> list[str]:
     if scale.name == "full":
@@ -232,7 +229,6 @@ def format_table(result: ReproduceResult) -> str:
         "",
     ]
     if table.kind == "steps":
-        ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
             "| row | PGD iterations | accepted grid (ours) | accepted grid (paper) |",
             "|---|---:|---|---|",
@@ -295,7 +291,7 @@ def _evaluate_row(
     target = load_target(run_dir, device=device)
     x, y = target.test_images(scale.n_eval)
     if table.kind == "steps":
-        return {}, _steps_row(table, row, target.model, x, y, scale)
+        return {}, _steps_row(row, target.model, x, y, scale)
     attack_columns = [c for c in table.columns if c.attack]
     specs = [parse_spec(scaled_attack(c.attack, scale)) for c in attack_columns]  # type: ignore[arg-type]
     model = _model_for_eval(target.model, row)
@@ -325,7 +321,7 @@ def _evaluate_row(
     return ours, {"specs": [s.id for s in specs]}
 
 
-def _steps_row(table, row, model, x, y, scale: Scale) -> dict[str, Any]:
+def _steps_row(row, model, x, y, scale: Scale) -> dict[str, Any]:
     from ..evaluate.steps import step_study
 
     tol = float(row.train["model_options"]["tol"])
