@@ -1,7 +1,7 @@
 """Our attacks vs torchattacks on real CIFAR-10 test images: time ratio and robust accuracy
 (issue 7, item 3).
 
-    python -m benchmarks.bench_attacks [--quick] [--data DIR] [--images 500] [--json out.json]
+    python -m benchmarks.bench_attacks [--quick] [--data-dir DIR] [--images 500] [--json out.json]
 
 Two models, both the small CNN of benchmarks/attack_peers.py trained on the
 CIFAR-10 training subset (seed 0): one naturally (6 epochs), one with PGD-AT
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -146,9 +145,6 @@ def run(data: Path, images: int, repeats: int, *, quick: bool = False, names=ISS
         "images": len(x),
         "repeats": repeats,
         "clean": clean,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "rows": rows,
     }
 
@@ -174,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cifar-10-batches-py")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="cifar-10-batches-py")
     parser.add_argument("--images", type=int, default=500, help="first N test images")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per pair")
     parser.add_argument("--quick", action="store_true", help="100 images, 3 repeats, small budgets")
@@ -183,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = section(args.quick, args.data, args.images, args.repeats)
+    result = section(args.quick, args.data_dir, args.images, args.repeats)
     result.report(args.json)
 
 

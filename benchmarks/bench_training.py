@@ -15,7 +15,6 @@ trainer does per batch. Pairs are timed interleaved (A B A B …, median of
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import torch
 
@@ -38,20 +37,19 @@ MODELS = {"resnet10": {"width": 32}, "preact_resnet56": {}}
 
 
 def training_step(model: torch.nn.Module, defense, x: torch.Tensor, y: torch.Tensor):
+    """One timed training step of ``defense``, always from the same weights."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def step() -> None:
+        model.load_state_dict(state)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss, _ = defense(model, x, y)
         loss.backward()
         optimizer.step()
 
-    def reset() -> None:  # every timed step starts from the same weights
-        model.load_state_dict(state)
-
-    return step, reset
+    return step
 
 
 def run(models: dict[str, dict], batch: int, repeats: int) -> list[dict]:
@@ -62,19 +60,9 @@ def run(models: dict[str, dict], batch: int, repeats: int) -> list[dict]:
         x = torch.rand(batch, 3, 32, 32)
         y = torch.randint(0, 10, (batch,))
         for label, name_a, opt_a, name_b, opt_b, target in PAIRS:
-            step_a, reset_a = training_step(model, create_defense(name_a, **opt_a), x, y)
-            step_b, reset_b = training_step(model, create_defense(name_b, **opt_b), x, y)
-
-            def timed(step: Callable[[], None], reset: Callable[[], None]) -> Callable[[], None]:
-                def call() -> None:
-                    reset()
-                    step()
-
-                return call
-
-            t_a, t_b = interleaved_medians(
-                timed(step_a, reset_a), timed(step_b, reset_b), repeats=repeats
-            )
+            step_a = training_step(model, create_defense(name_a, **opt_a), x, y)
+            step_b = training_step(model, create_defense(name_b, **opt_b), x, y)
+            t_a, t_b = interleaved_medians(step_a, step_b, repeats=repeats)
             ratio = t_a / t_b
             met = None if target is None else ratio <= target
             rows.append(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from robustode.io import write_json_atomic
 
 
 def _cpu_name() -> str:
@@ -64,8 +65,7 @@ class Section:
         }
 
     def write_json(self, path: str | Path) -> None:
-        payload = {"environment": environment(), **self.to_dict()}
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json_atomic({"environment": environment(), **self.to_dict()}, Path(path))
 
     def report(self, json_path: str | Path | None = None) -> None:
         """Print the table (a module's own command line); also write the JSON if asked."""

@@ -60,12 +60,7 @@ import robustode.io as rio
 import robustode.train.checkpoint as checkpoint
 import robustode.train.loop as loop
 import robustode.train.run_folder as run_folder
-from robustode import attacks as A
 from robustode.cli import main
-from robustode.evaluate import runner
-from robustode.models import create_model
-from robustode.nn.ode_block import ODEBlock, name_ode_blocks
-from robustode.ode import SolverError
 
 stage, target, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 name, _, nth = target.partition("@")
@@ -551,10 +546,11 @@ def _interrupt_after(function, calls: int):
     return wrapped
 
 
-def _one_line_error(capsys, code: int, expected: str) -> str:
+def _one_line_error(capsys, code: int, expected: str = "", exit_code: int = 2) -> str:
+    """The single `robustode: error:` line on stderr (no traceback), after exit ``exit_code``."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
-    assert code == 2 and len(lines) == 1, (code, err)
+    assert code == exit_code and len(lines) == 1, (code, err)
     assert expected in lines[0] and "Traceback" not in err, err
     return lines[0]
 
@@ -655,10 +651,8 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoin
     capsys.readouterr()
     # call 5 is epoch 2, step 2 (3 steps per epoch)
     code = main(_nan_argv(run, reference.data, [5]))
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
-    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0] == (
+    line = _one_line_error(capsys, code, exit_code=1)
+    assert line == (
         "robustode: error: the loss is nan at epoch 2, step 2; training stopped and the last "
         f"good state is checkpoint epoch-0001.json in {run} (nonfinite_loss = 'skip' would "
         "skip such steps)"
@@ -729,7 +723,6 @@ DDP_WORKER = """
 import os, sys
 import torch
 import torch.nn.functional as F
-from robustode import attacks as A
 from robustode.cli import main
 from robustode.defenses import register_defense
 
@@ -841,13 +834,11 @@ def test_a_solver_that_gives_up_in_training_is_one_line_on_the_command_line(
     argv = _train_argv(tmp_path / "run", reference.data)
     argv += ["--model", "soblock", "--model-opt=tol=1e-9", "--model-opt=max_num_steps=2"]
     code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(
+    line = _one_line_error(capsys, code, exit_code=2)
+    assert line.startswith(
         "robustode: error: ODE block 'stem': ODE solve with dopri5 (rtol=1e-09, atol=1e-09) "
         "exceeded max_num_steps=2"
-    ), lines[0]
+    ), line
 
 
 # ---------------------------------------------------------------- models that return NaN
@@ -932,8 +923,6 @@ def test_nan_logits_in_an_evaluation_are_one_line_on_the_command_line(reference,
     )
     argv = ["evaluate", str(path), "--data", "npz", "--data-dir", str(reference.data)]
     code = main([*argv, "--out", str(tmp_path / "eval"), *EVAL_ARGS])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("robustode: error:")]
-    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
-    assert "non-finite logits on the clean images" in lines[0], lines[0]
+    line = _one_line_error(capsys, code, exit_code=1)
+    assert "non-finite logits on the clean images" in line, line
     assert not (tmp_path / "eval" / "report.json").exists()
