@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import FolderError, InputError, spell
+from .errors import FolderError, InputError, WriteError, spell
 from .io import (
     append_line,
     fsync_dir,
@@ -113,6 +113,8 @@ class OutputFolder:
         self._fd: int | None = None
         self._key: Path | None = None
         self._owned: dict[str, str] = {}  # relative path -> command that wrote it
+        self._created_root = False
+        self._created_state = False
 
     # ------------------------------------------------------------ claim / release
     def __enter__(self) -> OutputFolder:
@@ -134,17 +136,32 @@ class OutputFolder:
                 f"{self.root} is a file, not a folder; choose a folder with "
                 f"{spell(self.out_option)}"
             )
+        self._created_root = not self.root.exists()
+        self._created_state = not self.state_dir.exists()
         make_folder(self.state_dir)
-        if self.lock:
-            self._take_lock()
-        self.refresh()
-        if self.lock:
-            self._sweep_temporaries()
-            self._check_results()
+        try:
+            if self.lock:
+                self._take_lock()
+            self.refresh()
+            if self.lock:
+                self._sweep_temporaries()
+                self._check_results()
+        except BaseException:
+            self.release()  # a refused claim holds nothing
+            raise
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            # a claim that wrote nothing leaves no trace: not even the folder, if it made it
+            # (the lock file goes while still locked; _take_lock's inode check makes a
+            # process that opened it meanwhile try again)
+            if self._created_state and not (self.state_dir / MANIFEST_FILE).exists():
+                with contextlib.suppress(OSError):
+                    (self.state_dir / LOCK_FILE).unlink()
+                    self.state_dir.rmdir()
+                    if self._created_root:
+                        self.root.rmdir()
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # closing drops the flock
             self._fd = None
@@ -160,11 +177,14 @@ class OutputFolder:
                 f"{_HELD[key].command}'); choose another folder with {spell(self.out_option)}"
             )
         path = self.state_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FolderError(f"cannot lock {self.root}: {exc.strerror or exc}") from None
-        if fcntl is not None:
+        for _ in range(100):
+            try:
+                make_folder(self.state_dir)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -176,6 +196,15 @@ class OutputFolder:
                     f"{self.root} is in use by {_describe_holder(holder)}; wait for it to "
                     f"finish, or choose another folder with {spell(self.out_option)}"
                 ) from None
+            try:  # the file locked must still be the lock file: its holder may have removed it
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:  # pragma: no cover
+            raise FolderError(f"cannot lock {self.root}: its lock file keeps changing")
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -314,8 +343,6 @@ class OutputFolder:
         try:
             full.unlink(missing_ok=True)
         except OSError as exc:
-            from .errors import WriteError
-
             raise WriteError(f"cannot delete {full}: {exc.strerror or exc}") from exc
         self._record(rel, op="remove")
         return True

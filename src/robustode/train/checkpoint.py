@@ -49,6 +49,7 @@ from ..errors import InputError, spell
 from ..io import (
     SMALL_FILE_BYTES,
     fsync_dir,
+    make_folder,
     read_bytes_limited,
     write_bytes_atomic,
     write_json_atomic,
@@ -102,6 +103,7 @@ class _PlainWriter:
     """Writes files atomically without an output folder's manifest (direct API use)."""
 
     def write_bytes(self, path: Path, data: bytes) -> Path:
+        make_folder(Path(path).parent)
         write_bytes_atomic(data, Path(path))
         return Path(path)
 
