@@ -477,8 +477,7 @@ def _run_steps(args: argparse.Namespace) -> int:
     TrajectorySettings.from_attack(args.attack, eps=args.eps, step_size=args.step_size)
     target = target_from_args(args)
     find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
-    x, y = target.test_images(args.n)
-    _print_notes(target)
+    x, y = _test_images(target, args)
     out = args.out if args.out is not None else target.default_out_dir("steps")
     studies = run_step_studies(
         target.model,
@@ -501,9 +500,14 @@ def _run_steps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_notes(target) -> None:
-    for note in target.notes or []:
+def _test_images(target, args: argparse.Namespace, *, show: bool = True):
+    """The first --n test images (the command's default when not given); a note when the
+    split holds fewer than an --n the user asked for."""
+    given = args.n is not None
+    x, y = target.test_images(args.n if given else args.n_default, note=given)
+    for note in (target.notes or []) if show else []:
         print(f"note: {note}", file=sys.stderr, flush=True)
+    return x, y
 
 
 # --------------------------------------------------------------------- demo
@@ -720,9 +724,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
         )
         specs = resolve_attacks(suite, args.attacks, target.model)
-        x, y = target.test_images(args.n)
-        if ctx.is_main:
-            _print_notes(target)
+        x, y = _test_images(target, args, show=ctx.is_main)
         out = args.out or target.default_out_dir("eval")
         result = run_evaluation(
             target.model,
@@ -842,13 +844,12 @@ def _run_audit(args: argparse.Namespace) -> int:
     from .evaluate.target import load_target, target_from_args
 
     target = target_from_args(args)
-    n = args.n if args.n is not None else LEVELS[args.level].n
+    args.n_default = LEVELS[args.level].n
     surrogate = None
     if args.surrogate is not None:
         surrogate = load_target(args.surrogate, device=next(target.model.parameters()).device)
         surrogate = surrogate.model
-    x, y = target.test_images(n)
-    _print_notes(target)
+    x, y = _test_images(target, args)
     out = args.out or target.default_out_dir("audit")
     meta = target.report_meta()
     meta["surrogate"] = None if args.surrogate is None else str(args.surrogate)

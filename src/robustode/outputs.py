@@ -156,8 +156,9 @@ class OutputFolder:
             # a claim that wrote nothing leaves no trace: not even the folder, if it made it
             # (the lock file goes while still locked; _take_lock's inode check makes a
             # process that opened it meanwhile try again)
-            if self._created_state and not (self.state_dir / MANIFEST_FILE).exists():
+            if self._created_state and not any((self.root / rel).exists() for rel in self._owned):
                 with contextlib.suppress(OSError):
+                    (self.state_dir / MANIFEST_FILE).unlink(missing_ok=True)
                     (self.state_dir / LOCK_FILE).unlink()
                     self.state_dir.rmdir()
                     if self._created_root:
@@ -307,6 +308,17 @@ class OutputFolder:
             )
 
     # ------------------------------------------------------------ writing
+    def prepare_write(self, path: str | Path) -> Path:
+        """Record ``path`` as robustode's before the caller writes it (atomically, its own
+        way: a streamed download, a file moved out of an extraction); a file there that
+        robustode did not write is refused."""
+        rel = self.relative(path)
+        self.check_writable(rel)
+        full = self.root / rel
+        make_folder(full.parent)
+        self._record(rel)
+        return full
+
     def write_bytes(self, path: str | Path, data: bytes) -> Path:
         """Write ``data`` atomically at ``path`` (inside the folder) and record it as ours."""
         rel = self.relative(path)

@@ -413,7 +413,7 @@ def run_evaluation(
     config = {
         "format": EVAL_FORMAT,
         "model": model_fp,
-        "data": {"sha256": data_fp, "n": n, "description": meta.get("data")},
+        "data": {"sha256": data_fp, "n": n},
         "batch_size": batch_size,
         "seed": seed,
         "attacks": {s.id: settings_of(s.create(seed=seed)) for s in specs},

@@ -54,9 +54,12 @@ class Target:
             "data": {"name": self.data, "data_dir": self.data_dir, "seed": self.data_seed},
         }
 
-    def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_images(
+        self, n: int | None = None, *, note: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test images in order (all if None): float32 in [0, 1], int64 labels,
-        on the model's device."""
+        on the model's device. Asking for more than the split holds adds a line to
+        :attr:`notes` saying what was used (``note=False``: not for a default ``n``)."""
         if self.data is None:
             raise InputError(
                 f"{self.source} does not say which dataset it was trained on; pass "
@@ -66,12 +69,12 @@ class Target:
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise InputError(f"n must be an integer ≥ 1, got {n!r}")
-            if n > len(data):
-                note = (
+            if n > len(data) and note:
+                text = (
                     f"the {self.data} test split has {len(data)} images; using all {len(data)} "
                     f"(asked for {n})"
                 )
-                self.notes = [*(self.notes or []), note]
+                self.notes = [*(self.notes or []), text]
             data = data.subset(min(n, len(data)))
         device = next(self.model.parameters()).device
         return data.float_images().to(device), data.labels.to(device)
@@ -147,10 +150,11 @@ def add_target_arguments(parser: Any, *, n_default: int | None = 1000) -> None:
         "--num-images",  # the spelling torchrun's own parser does not take for a prefix
         dest="n",
         type=int,
-        default=n_default,
+        default=None,
         metavar="N",
         help=f"the first N test images, in order (default: {n_default or 'all'})",
     )
+    parser.set_defaults(n_default=n_default)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:K or auto (default: cpu)")
     parser.add_argument(
         "--out", type=Path, help="output folder (default: RUN_DIR/<command>, or beside the file)"
