@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robustode.errors import InputError
+
 from .attack_peers import (
     PeerPair,
     peer_pairs,
@@ -49,7 +51,7 @@ def check_data(folder: Path) -> None:
     """One clear error, before anything runs, when ``folder`` holds no CIFAR-10 batches."""
     missing = [n for n in ("data_batch_1", "test_batch") if not (folder / n).is_file()]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the attack benchmark needs CIFAR-10 test images, and {folder} has no "
             f"{' or '.join(missing)}; pass --data-dir with a cifar-10-batches-py folder (the "
             "official python batches), or set ROBUSTODE_CIFAR10_DIR"

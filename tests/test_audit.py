@@ -329,7 +329,7 @@ def test_cli_audit_end_to_end(digits_run, tmp_path, capsys):
     argv = ["audit", str(digits_run), "--level", "quick", "--n", "30", "--eps", "4/255"]
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "other settings (eps)" in err and "--overwrite" in err
+    assert "other settings (settings.eps: 0.031" in err and "--overwrite" in err
 
 
 @pytest.mark.parametrize(

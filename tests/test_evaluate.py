@@ -30,6 +30,7 @@ from robustode.evaluate.report import strip_timings
 from robustode.evaluate.runner import batch_seed, run_evaluation
 from robustode.evaluate.suites import PAPER, parse_spec, resolve_attacks
 from robustode.models import create_model
+from robustode.outputs import OutputFolder
 from robustode.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -242,9 +243,9 @@ def test_other_settings_in_the_same_folder_are_refused(mlp, tmp_path):
     specs = resolve_attacks(None, ["fgsm"])
     kwargs = {"curve_steps": 0, "eps_grid": (), "plots": False}
     run_evaluation(mlp, x, y, specs, tmp_path, batch_size=4, **kwargs)
-    with pytest.raises(ValueError, match=r"other settings \(batch_size differ\).*--overwrite"):
+    with pytest.raises(ValueError, match=r"other settings \(batch_size: 4 → 8\).*overwrite=True"):
         run_evaluation(mlp, x, y, specs, tmp_path, batch_size=8, **kwargs)
-    with pytest.raises(ValueError, match=r"attacks, inputs_sha256, n differ"):
+    with pytest.raises(ValueError, match=r"other settings \(attacks\.fgsm: .*data\.n: 8 → 6"):
         run_evaluation(
             mlp,
             *_images(6),
@@ -294,7 +295,8 @@ def test_plots_are_png(mlp, tmp_path):
         mlp, x, y, resolve_attacks(None, ["fgsm", "pgd20-linf"]), tmp_path,
         eps_grid=(1 / 255, 4 / 255), plots=False,
     )  # fmt: skip
-    paths = write_plots(result.report, tmp_path / "plots")
+    with OutputFolder(tmp_path / "plots", "evaluate") as folder:
+        paths = write_plots(result.report, folder)
     assert [p.name for p in paths] == ["robust_vs_steps.png", "robust_vs_eps.png", "per_attack.png"]
     for path in paths:
         data = path.read_bytes()
@@ -310,7 +312,7 @@ def test_cli_evaluates_a_run_folder(run_dir, tmp_path, capsys):
     assert "| pgd20-linf | L∞ ε=0.031 |" in captured.out and "clean accuracy" in captured.out
     assert "[1/4] pgd20-linf: robust" in captured.err  # one line per attack, not a bar
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["n"] == 12
+    assert report["schema_version"] == 2 and report["n"] == 12
     assert report["model_config"]["name"] == "resnet10" or "resnet10" in str(report["model_config"])
     assert report["data"]["name"] == "digits"
     assert [p["eps_255"] for p in report["curves"]["eps"]["points"]] == pytest.approx([2, 8])

@@ -48,6 +48,7 @@ from robustode.experiments.stability import StabilitySettings
 from robustode.models import create_model
 from robustode.models.registry import ModelConfigError
 from robustode.ode import odeint
+from robustode.outputs import OutputFolder
 from robustode.train import (
     CheckpointError,
     ConfigError,
@@ -57,7 +58,6 @@ from robustode.train import (
     train,
 )
 from robustode.train.checkpoint import read_weights
-from robustode.train.run_folder import write_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "robustode"
 
@@ -104,10 +104,13 @@ def runs(tmp_path_factory) -> Runs:
 
 
 def snapshot(*roots: Path) -> dict[Path, bytes | None]:
-    """Every path under ``roots`` with its bytes (None for a folder)."""
+    """Every path under ``roots`` with its bytes (None for a folder); a folder's lock file
+    is left out: it names the last process that claimed the folder, refused or not."""
     tree: dict[Path, bytes | None] = {}
     for root in roots:
         for path in root.rglob("*"):
+            if path.name == "lock" and path.parent.name == ".robustode":
+                continue
             tree[path] = None if path.is_dir() else path.read_bytes()
     return tree
 
@@ -733,6 +736,9 @@ def test_stability_writes_into_runs_stability_by_default_not_the_working_folder(
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "runs",
         "runs/stability",
+        "runs/stability/.robustode",  # the folder's lock and the manifest of robustode's files
+        "runs/stability/.robustode/lock",
+        "runs/stability/.robustode/manifest.jsonl",
         "runs/stability/stability.json",
     ]
     assert "wrote runs/stability/stability.json" in stdout
@@ -744,9 +750,10 @@ def test_each_command_refuses_a_folder_holding_another_commands_results(tmp_path
     writing command refuses and leaves it as it was; --overwrite writes beside it."""
     held = tmp_path / "held"
     shutil.copytree(runs.ode, held)
-    evaluation = tmp_path / "evaluation"
-    evaluation.mkdir()
-    (evaluation / "eval_config.json").write_text("{}")
+    evaluation = tmp_path / "evaluation"  # a real evaluation's folder
+    assert run_cli(["evaluate", runs.ode, "--attacks", "fgsm", "--n", "2", "--curve-steps",
+                    "0", "--eps-grid", "", "--no-progress-bar", "--out", evaluation],
+                   capsys)[0] == 0  # fmt: skip
     cases = {
         "evaluate": ["evaluate", runs.ode, "--attacks", "fgsm", "--n", "2", "--curve-steps", "0",
                      "--eps-grid", "", "--no-progress-bar", "--out", held],
@@ -772,7 +779,8 @@ def test_each_command_refuses_a_folder_holding_another_commands_results(tmp_path
     code, _, err = run_cli([*cases["stability"], "--overwrite"], capsys)
     assert code == 0, err
     assert (held / "stability.json").is_file()
-    assert {p: b for p, b in snapshot(held).items() if p in before} == before
+    kept = {p: b for p, b in before.items() if ".robustode" not in p.parts}
+    assert {p: b for p, b in snapshot(held).items() if p in kept} == kept
 
 
 def test_stability_refuses_a_table_of_other_settings_unless_overwrite(tmp_path, capsys):
@@ -782,7 +790,9 @@ def test_stability_refuses_a_table_of_other_settings_unless_overwrite(tmp_path, 
     first = (tmp_path / "stability.json").read_bytes()
     code, _, err = run_cli([*argv, "--gamma", "0.2"], capsys)
     assert code == 2
-    assert_one_error_line(err, "holds a stability table from other settings (gamma)", "--overwrite")
+    assert_one_error_line(
+        err, "holds a stability table of other settings (settings.gamma: 0.1 → 0.2", "--overwrite"
+    )
     assert (tmp_path / "stability.json").read_bytes() == first
     assert run_cli(argv, capsys)[0] == 0  # the same settings: recomputed in place
     assert run_cli([*argv, "--gamma", "0.2", "--overwrite"], capsys)[0] == 0
@@ -794,24 +804,36 @@ def _demo_config(fields: dict[str, Any], seed: int) -> TrainConfig:
     return build_config(overrides={**overrides, **fields})
 
 
+def write_as(folder: Path, command: str, name: str, data: Any) -> None:
+    """Write ``name`` into ``folder`` as robustode's ``command`` would (recorded as its own)."""
+    with OutputFolder(folder, command) as claimed:
+        claimed.write_json(name, data)
+
+
 def test_demo_refuses_other_results_and_a_demo_of_other_settings_before_training(tmp_path):
     other_kind = tmp_path / "other"
-    other_kind.mkdir()
-    (other_kind / "audit.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"holds the results of 'robustode audit'.*--overwrite"):
+    write_as(other_kind, "audit", "audit.json", {})
+    with pytest.raises(ValueError, match=r"holds the results of 'robustode audit'.*overwrite=True"):
         demo_module.run_demo(other_kind)
+    # a user's own demo.json: never replaced, even with overwrite
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "demo.json").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds demo\.json, which robustode did not write"):
+        demo_module.run_demo(users, overwrite=True)
+    assert (users / "demo.json").read_text() == "mine"
     # a demo trained with seed 0 (its run folders' configs), asked again with seed 1
     demo = tmp_path / "demo"
     for name, _, fields in demo_module.MODELS:
-        (demo / name).mkdir(parents=True)
-        write_config(demo / name, _demo_config(fields, seed=0))
+        write_as(demo / name, "train", "config.json", _demo_config(fields, seed=0).to_dict())
     before = snapshot(demo)
     first = demo_module.MODELS[0][0]
     with pytest.raises(
-        ValueError, match=rf"other settings \({first} differs in seed\).*--overwrite"
+        ValueError, match=rf"other settings \({first} differs in seed\).*overwrite=True"
     ):
         demo_module.run_demo(demo, seed=1)
-    assert snapshot(demo) == before and snapshot(other_kind) == {other_kind / "audit.json": b"{}"}
+    assert snapshot(demo) == before
+    assert json.loads((other_kind / "audit.json").read_text()) == {}
     code = main(["demo", "--out", str(demo), "--seed", "1"])
     assert code == 2
 
@@ -822,17 +844,18 @@ def test_reproduce_refuses_rows_of_another_scale_before_training(tmp_path, capsy
     table = get_table("sonet-t1")
     row = rows_at(table, SMOKE)[0]
     folder = tmp_path / "sonet-t1" / slug(row.label)
-    folder.mkdir(parents=True)
-    write_config(folder, train_config(table, row, SMOKE, data_dir=None, device="cpu"))
+    config = train_config(table, row, SMOKE, data_dir=None, device="cpu")
+    write_as(folder, "train", "config.json", config.to_dict())
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match=r"holds rows of other settings .*differs in .*data"):
         reproduce("sonet-t1", scale="full", out_dir=tmp_path, data_dir=str(tmp_path / "none"))
     code, _, err = run_cli(["reproduce", "sonet-t1", "--scale", "full", "--out", tmp_path], capsys)
     assert code == 2
     assert_one_error_line(err, "holds rows of other settings", "--overwrite")
-    (tmp_path / "sonet-t1" / "steps.json").write_text("{}")
+    assert snapshot(tmp_path) == before
+    write_as(tmp_path / "sonet-t1", "steps", "steps.json", {})
+    before = snapshot(tmp_path)
     code, _, err = run_cli(["reproduce", "sonet-t1", "--out", tmp_path], capsys)
     assert code == 2
     assert_one_error_line(err, "holds the results of 'robustode steps'", "--overwrite")
-    (tmp_path / "sonet-t1" / "steps.json").unlink()
     assert snapshot(tmp_path) == before

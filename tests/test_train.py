@@ -180,37 +180,40 @@ def test_resume_gives_bitwise_the_uninterrupted_weights(tmp_path):
     assert again.records == [] and again.final["epoch"] == 3
 
 
-def test_latest_checkpoint_missing_or_damaged_falls_back(tmp_path):
+def test_a_damaged_latest_checkpoint_is_an_error_never_a_silent_fallback(tmp_path):
     run = tmp_path / "run"
     train(_config(epochs=3, keep_checkpoints=0), run, progress=False)
     folder = run / "checkpoints"
     assert json.loads((folder / "latest.json").read_text())["epoch"] == 3
-    # an interrupted write leaves *.tmp files: never read, whatever they hold
-    (folder / "epoch-0004.json.tmp").write_text("{not json")
-    (folder / "epoch-0004.safetensors.tmp").write_bytes(b"\x80garbage")
+    # an interrupted write leaves temporary files: never read, whatever they hold
+    (folder / "epoch-0004.json.123.0badf00d.tmp").write_text("{not json")
+    (folder / "epoch-0004.safetensors.123.0badf00d.tmp").write_bytes(b"\x80garbage")
     assert find_checkpoint(folder).epoch == 3
 
     data = bytearray((folder / "epoch-0003.safetensors").read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in a weight
     (folder / "epoch-0003.safetensors").write_bytes(bytes(data))
-    notes: list[str] = []
-    assert find_checkpoint(folder, log=notes.append).epoch == 2
-    assert "damaged" in notes[0]
+    # the damaged file and the way to choose another are named; nothing older is taken
+    with pytest.raises(CheckpointError, match=r"epoch-0003\.safetensors is damaged.*epoch-2"):
+        find_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="never falls back"):
+        train(None, run, resume=True, progress=False)
+    assert find_checkpoint(folder, which="epoch-2").epoch == 2
 
-    (folder / "epoch-0002.state.safetensors").unlink()
     (folder / "latest.json").write_text("{")
-    notes.clear()
-    assert find_checkpoint(folder, log=notes.append).epoch == 1
-    assert "latest.json is unreadable" in notes[0]
+    with pytest.raises(CheckpointError, match=r"latest\.json is damaged"):
+        find_checkpoint(folder)
 
-    # resuming redoes epochs 2 and 3 from epoch 1 and keeps one metrics line per epoch
-    summary = train(None, run, resume=True, progress=False)
+    # going back to an earlier checkpoint on purpose redoes the later epochs and keeps one
+    # metrics line per epoch
+    summary = train(None, run, resume=True, progress=False, checkpoint="epoch-1")
     assert summary.start_epoch == 1
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    assert find_checkpoint(folder).epoch == 3
 
     for path in folder.glob("epoch-*.json"):
         path.write_text("[]")
-    with pytest.raises(CheckpointError, match=r"no checkpoint in .* verifies"):
+    with pytest.raises(CheckpointError, match="is not a robustode-checkpoint-1 file"):
         find_checkpoint(folder)
 
 
@@ -219,6 +222,8 @@ def test_checkpoints_are_safetensors_and_json_and_rebuild_the_model(tmp_path):
     train(_config(epochs=2, keep_checkpoints=1), run, progress=False)
     files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
     assert files == [
+        ".robustode/lock",  # the folder's lock and the manifest of robustode's own files
+        ".robustode/manifest.jsonl",
         "checkpoints/epoch-0002.json",
         "checkpoints/epoch-0002.safetensors",
         "checkpoints/epoch-0002.state.safetensors",
@@ -243,12 +248,20 @@ def test_checkpoints_are_safetensors_and_json_and_rebuild_the_model(tmp_path):
 
 
 # ----------------------------------------------------------------- run folder
+def _files(folder):
+    """Every file's bytes, the folder's lock (it names the last process) aside."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "lock"}
+
+
 def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     run = tmp_path / "run"
     train(_config(epochs=1), run, progress=False)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(ConfigError, match=r"holds this run already .*--resume.*--overwrite"):
-        train(_config(epochs=1), run, progress=False)
+    before = _files(run)
+    # the same config again goes on where the run stopped: a finished run has nothing to do
+    # and changes nothing, as a rerun of a finished evaluation
+    again = train(_config(epochs=1), run, progress=False)
+    assert again.records == [] and again.start_epoch == 1 and again.final["epoch"] == 1
+    assert _files(run) == before
     with pytest.raises(ConfigError, match=r"holds a different run \(it differs in lr\)"):
         train(_config(epochs=1, lr=0.1), run, progress=False)
     with pytest.raises(ConfigError, match=r"cannot resume .* with a changed lr"):
@@ -257,7 +270,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
         train(None, tmp_path / "empty", resume=True, progress=False)
     with pytest.raises(ValueError, match="model 'resnet10' has no option"):
         train(_config(model_options={"widht": 4}), run, overwrite=True, progress=False)
-    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert before == _files(run)
 
     summary = train(_config(epochs=1, lr=0.1), run, overwrite=True, progress=False)
     assert summary.final["lr"] == 0.1 and len(read_metrics(run)) == 1
@@ -293,8 +306,11 @@ def test_cli_trains_one_short_epoch_and_refuses_bad_input(tmp_path, capsys):
 
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("epoch = 3\n")
+    # the same command again: the run is finished, nothing to train (as evaluate does)
+    assert main(argv) == 0
+    assert "already at epoch 1; nothing to train" in capsys.readouterr().out
     cases = [
-        (argv, "holds this run already"),
+        ([*argv, "--lr", "0.5"], "holds a different run (it differs in lr); pass --resume"),
         ([*argv, "--overwrite", "--lr", "abc"], "invalid float value: 'abc'"),
         ([*argv, "--overwrite", "--model-opt", "width"], "expected KEY=VALUE, got 'width'"),
         ([*argv, "--overwrite", "--amp", "bf16"], "amp='bf16' needs a CUDA device"),

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import InputError, RobustodeError, command_line_spelling
 from .io import write_json_atomic
 from .nn import ACTIVATIONS
-from .ode import METHODS, SolverError
+from .ode import METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,38 +99,8 @@ def _add_stability(sub) -> None:
     p.set_defaults(run=_run_stability)
 
 
-def _refuse_other_settings(
-    path: Path,
-    settings: dict,
-    overwrite: bool,
-    what: str,
-    settings_of=lambda document: document.get("settings"),
-) -> None:
-    """A result file written from other settings is replaced only with --overwrite;
-    ``settings_of`` reads the settings a file was written with from its JSON."""
-    if overwrite or not path.is_file():
-        return
-    try:
-        previous = settings_of(json.loads(path.read_text()))
-    except (OSError, ValueError, AttributeError):
-        previous = None
-    if previous != settings:
-        changed = (
-            sorted(k for k in settings if previous.get(k) != settings[k])
-            if isinstance(previous, dict)
-            else ["unreadable"]
-        )
-        raise ValueError(
-            f"{path} holds {what} from other settings ({', '.join(changed)}); pass --overwrite "
-            "to replace it, or --out for another folder"
-        )
-
-
 def _run_stability(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from .experiments.stability import StabilitySettings, run_stability, write_json
-    from .outputs import refuse_other_kind
+    from .experiments.stability import STABILITY_FILE, StabilitySettings, run_stability
 
     settings = StabilitySettings(
         t0s=tuple(sorted(set(args.t0))),
@@ -143,20 +114,14 @@ def _run_stability(args: argparse.Namespace) -> int:
         tol=args.tol,
         seed=args.seed,
     )
-    path = args.out / "stability.json"
-    refuse_other_kind(args.out, "stability", overwrite=args.overwrite)
-    # compared as JSON gives them back (tuples as lists)
-    wanted = json.loads(json.dumps(asdict(settings)))
-    _refuse_other_settings(path, wanted, args.overwrite, "a stability table")
-    print(
-        f"integrating skew and unconstrained blocks to t0 = {list(settings.t0s)} ...",
-        file=sys.stderr,
-        flush=True,
+    result = run_stability(
+        settings,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    result = run_stability(settings)
     print(result.to_markdown())
-    write_json(result, path)
-    print(f"\nwrote {path} ({result.seconds:.1f} s)")
+    print(f"\nwrote {args.out / STABILITY_FILE} ({result.seconds:.1f} s)")
     return 0
 
 
@@ -325,7 +290,16 @@ def _add_train(sub) -> None:
         help="continue that run from its latest checkpoint (flags may change epochs, device, …)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="delete the run already in the run folder first"
+        "--checkpoint",
+        default="latest",
+        metavar="WHICH",
+        help="with --resume: the checkpoint to continue from, latest or epoch-N (default: "
+        "latest, or the point a stop signal left)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in the run folder first (only files robustode wrote)",
     )
     p.add_argument(
         "--progress-bar",
@@ -363,6 +337,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from .train import build_config, read_run_config, train
     from .train.config import field_names
+    from .train.loop import TrainingStopped
 
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     for name in _OPTION_FLAGS:
@@ -370,11 +345,11 @@ def _run_train(args: argparse.Namespace) -> int:
             overrides[name] = dict(overrides[name])
     if args.resume is not None:
         if args.preset or args.config:
-            raise ValueError("--resume takes the run's own config; --preset/--config do not apply")
+            raise InputError("--resume takes the run's own config; --preset/--config do not apply")
         if args.run_dir is not None and args.run_dir != args.resume:
-            raise ValueError("--resume names the run folder; drop --run-dir")
+            raise InputError("--resume names the run folder; drop --run-dir")
         if args.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other")
+            raise InputError("--resume and --overwrite exclude each other")
         run_dir = args.resume
         config = build_config(base=read_run_config(run_dir), overrides=overrides)
     else:
@@ -382,6 +357,8 @@ def _run_train(args: argparse.Namespace) -> int:
         run_dir = args.run_dir or Path(
             "runs", f"{config.model}-{config.defense}-{config.data}-seed{config.seed}"
         )
+    if args.checkpoint != "latest" and args.resume is None:
+        raise InputError("--checkpoint chooses where --resume continues from; add --resume RUN_DIR")
     try:
         summary = train(
             config,
@@ -389,7 +366,10 @@ def _run_train(args: argparse.Namespace) -> int:
             resume=args.resume is not None,
             overwrite=args.overwrite,
             progress=args.progress_bar,
+            checkpoint=args.checkpoint,
         )
+    except TrainingStopped:
+        raise
     except KeyboardInterrupt:
         print(f"continue with: robustode train --resume {run_dir}", file=sys.stderr)
         raise
@@ -489,61 +469,45 @@ def _run_steps(args: argparse.Namespace) -> int:
         TrajectorySettings,
         find_ode_blocks,
         format_table,
-        plot_steps,
-        step_study,
-        studies_to_dict,
+        run_step_studies,
     )
     from .evaluate.target import target_from_args
-    from .outputs import refuse_other_kind
 
     # a bad attack name or override: one error line before anything is loaded or announced
     TrajectorySettings.from_attack(args.attack, eps=args.eps, step_size=args.step_size)
     target = target_from_args(args)
     find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
-    x, y = target.test_images(args.n)
+    x, y = _test_images(target, args)
     out = args.out if args.out is not None else target.default_out_dir("steps")
-    settings = {
-        "source": str(target.source),
-        "weights_sha256": target.weights_sha256,
-        "data": target.data,
-        "n": int(x.shape[0]),
-        "iterations": sorted(set(args.iterations)),
-        "attack": args.attack,
-        "eps": args.eps,
-        "step_size": args.step_size,
-        "tol": args.tol,
-        "per_image": args.per_image,
-    }
-    existing = out / "steps.json"
-    refuse_other_kind(out, "steps", overwrite=args.overwrite)
-    _refuse_other_settings(existing, settings, args.overwrite, "a step study")
-    print(
-        f"steps: {x.shape[0]} image(s), PGD to {max(args.iterations)} iterations"
-        + (f", tol {', '.join(f'{t:g}' for t in args.tol)}" if args.tol else "")
-        + " ...",
-        file=sys.stderr,
-        flush=True,
+    studies = run_step_studies(
+        target.model,
+        x,
+        y,
+        out,
+        iterations=args.iterations,
+        attack=args.attack,
+        eps=args.eps,
+        step_size=args.step_size,
+        per_image=args.per_image,
+        tols=args.tol,
+        overwrite=args.overwrite,
+        meta=target.report_meta(),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    studies = [
-        step_study(
-            target.model,
-            x,
-            y,
-            iterations=args.iterations,
-            attack=args.attack,
-            eps=args.eps,
-            step_size=args.step_size,
-            per_image=args.per_image,
-            tol=tol,
-        )
-        for tol in (args.tol or [None])
-    ]
     print(format_table(studies))
-    write_json_atomic(studies_to_dict(studies, settings=settings), existing)
-    plot_steps(studies, out / "steps.png")
     seconds = sum(s.seconds for s in studies)
-    print(f"\nwrote {existing} and {out / 'steps.png'} ({seconds:.1f} s)")
+    print(f"\nwrote {out}/steps.json, steps.md and steps.png ({seconds:.1f} s)")
     return 0
+
+
+def _test_images(target, args: argparse.Namespace, *, show: bool = True):
+    """The first --n test images (the command's default when not given); a note when the
+    split holds fewer than an --n the user asked for."""
+    given = args.n is not None
+    x, y = target.test_images(args.n if given else args.n_default, note=given)
+    for note in (target.notes or []) if show else []:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return x, y
 
 
 # --------------------------------------------------------------------- demo
@@ -630,7 +594,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
         print(describe_tables())
         return 0
     if args.table is None:
-        raise ValueError("name a table (robustode reproduce --list shows them)")
+        raise InputError("name a table (robustode reproduce --list shows them)")
     result = reproduce(
         args.table,
         scale=args.scale,
@@ -747,15 +711,21 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .train.distributed import setup
 
     if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be ≥ 1, got {args.n}")
+        raise InputError(f"--n must be ≥ 1, got {args.n}")
     suite = args.suite or (None if args.attacks else "paper")
     ctx = setup(args.device)
+    out = None
     try:
-        target = load_target(args.path, device=ctx.device, data=args.data, data_dir=args.data_dir)
+        target = load_target(
+            args.path,
+            device=ctx.device,
+            data=args.data,
+            data_dir=args.data_dir,
+            checkpoint=args.checkpoint,
+        )
         specs = resolve_attacks(suite, args.attacks, target.model)
-        x, y = target.test_images(args.n)
+        x, y = _test_images(target, args, show=ctx.is_main)
         out = args.out or target.default_out_dir("eval")
-        meta = target.report_meta()
         result = run_evaluation(
             target.model,
             x,
@@ -767,10 +737,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=args.progress_bar,
             ctx=ctx,
-            meta=meta,
+            meta=target.report_meta(),
             curve_steps=args.curve_steps,
             eps_grid=DEFAULT_EPS_GRID if args.eps_grid is None else args.eps_grid,
         )
+    except KeyboardInterrupt:
+        if out is not None and ctx.is_main:
+            print(
+                f"robustode: the finished batches are kept in {out}; run the same command "
+                "again to continue",
+                file=sys.stderr,
+            )
+        raise
     finally:
         ctx.teardown()
     if ctx.is_main:
@@ -861,48 +839,20 @@ def _add_audit(sub) -> None:
     p.set_defaults(run=_run_audit)
 
 
-def _audit_settings(document: dict) -> dict:
-    """The settings an audit.json was written with (they sit at two levels of it)."""
-    info = document.get("info", {})
-    return {
-        "eps": document.get("eps"),
-        "n": document.get("n"),
-        "level": document.get("level"),
-        "seed": info.get("seed"),
-        "weights_sha256": info.get("weights_sha256"),
-    }
-
-
 def _run_audit(args: argparse.Namespace) -> int:
-    from .evaluate.audit import LEVELS, audit, fails_on, write_audit
+    from .evaluate.audit import LEVELS, audit, fails_on
     from .evaluate.target import load_target, target_from_args
-    from .outputs import refuse_other_kind
 
     target = target_from_args(args)
-    n = args.n if args.n is not None else LEVELS[args.level].n
+    args.n_default = LEVELS[args.level].n
     surrogate = None
     if args.surrogate is not None:
         surrogate = load_target(args.surrogate, device=next(target.model.parameters()).device)
         surrogate = surrogate.model
-    x, y = target.test_images(n)
+    x, y = _test_images(target, args)
     out = args.out or target.default_out_dir("audit")
-    settings = {
-        "eps": args.eps,
-        "n": int(x.shape[0]),
-        "level": args.level,
-        "seed": args.seed,
-        "weights_sha256": target.weights_sha256,
-    }
-    refuse_other_kind(out, "audit", overwrite=args.overwrite)
-    _refuse_other_settings(
-        out / "audit.json", settings, args.overwrite, "an audit", settings_of=_audit_settings
-    )
-    print(
-        f"auditing {target.source} on {x.shape[0]} test images, ε = {args.eps:.5g} "
-        f"({args.eps * 255:.3g}/255), level {args.level} ...",
-        file=sys.stderr,
-        flush=True,
-    )
+    meta = target.report_meta()
+    meta["surrogate"] = None if args.surrogate is None else str(args.surrogate)
     report = audit(
         target.model,
         x,
@@ -913,14 +863,13 @@ def _run_audit(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+        out_dir=out,
+        overwrite=args.overwrite,
+        meta=meta,
     )
-    report.info["target"] = str(target.source)
-    report.info["weights_sha256"] = target.weights_sha256
-    report.info["surrogate"] = None if args.surrogate is None else str(args.surrogate)
     print(report.table())
     print(f"\n{report.verdict_line()}")
-    json_path, md_path = write_audit(report, out)
-    print(f"wrote {json_path} and {md_path} ({report.seconds:.1f} s)")
+    print(f"wrote {out}/audit.json and audit.md ({report.seconds:.1f} s)")
     return 1 if fails_on(report.verdict, args.fail_on) else 0
 
 
@@ -984,7 +933,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCH_SECTIONS]
     if unknown or not names:
-        raise ValueError(
+        raise InputError(
             f"--only: unknown section {', '.join(map(repr, unknown)) or repr(args.only)}; "
             f"choose from {', '.join(BENCH_SECTIONS)} (comma-separated)"
         )
@@ -993,13 +942,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         - {m for m in _BENCH_PEERS.values() if importlib.util.find_spec(m)}
     )
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the benchmarks compare against {', '.join(missing)}, which is not installed; "
             "install the test extras with: bash scripts/setup.sh test"
         )
     root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "suite.py").is_file():
-        raise ValueError(
+        raise InputError(
             "robustode bench runs the benchmarks/ folder of a source checkout, and this "
             f"installation has none (looked in {root}); clone the repository and install it "
             "with pip install -e ."
@@ -1033,24 +982,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bug(exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(exc)
+    print(
+        f"robustode: this is a bug in robustode ({type(exc).__name__} above), not a problem "
+        "with your input; please report it with the traceback",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from .signals import Terminated, interrupt_on_termination
+    from .train.loop import TrainingStopped
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.run(args))
-    except (ValueError, TypeError, SolverError, OSError) as exc:
-        print(f"robustode: error: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, MemoryError) as exc:  # e.g. an allocation too large for this machine
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"robustode: error: {first_line}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("robustode: interrupted", file=sys.stderr)
-        return 130
+    with command_line_spelling(), interrupt_on_termination():
+        try:
+            return int(args.run(args))
+        except RobustodeError as exc:
+            print(f"robustode: error: {exc}", file=sys.stderr)
+            return 2
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(
+                f"robustode: error: out of memory ({first}); use a smaller --batch-size or "
+                "fewer images",
+                file=sys.stderr,
+            )
+            return 1
+        except TrainingStopped as exc:
+            print(f"robustode: {exc}", file=sys.stderr)
+            return 128 + exc.signum if exc.signum else 130
+        except Terminated as exc:
+            print(f"robustode: stopped by {exc}", file=sys.stderr)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            print("robustode: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # anything else is robustode's bug: keep its traceback
+            return _bug(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,16 +17,17 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..errors import InputError, RobustodeError
 from .threat import ThreatModel
 
 ModelMode = Literal["eval", "train", "keep"]
 
 
-class AttackError(RuntimeError):
+class AttackError(RobustodeError, RuntimeError):
     """The model misbehaved during an attack (e.g. returned non-finite logits)."""
 
 
-class AttackInputError(ValueError):
+class AttackInputError(InputError):
     """Images, labels or options an attack cannot take."""
 
 

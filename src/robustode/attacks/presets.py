@@ -45,7 +45,12 @@ class AttackPreset:
                 f"attack '{self.name}' has no option {', '.join(map(repr, unknown))}; "
                 f"it accepts: {', '.join(self.options)}"
             )
-        return self.build(**{**self.defaults, **overrides})
+        try:
+            return self.build(**{**self.defaults, **overrides})
+        except AttackInputError:
+            raise
+        except (ValueError, TypeError) as exc:  # an option value the attack cannot take
+            raise AttackInputError(f"attack '{self.name}': {exc}") from None
 
 
 def _options(cls: type) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ with a :class:`DataError` before anything it names is called.
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import pickle
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..io import read_bytes_limited
 from .dataset import DataError, ImageDataset
 from .download import download_file, extract_folder
 
@@ -129,12 +132,21 @@ _CORRUPT = (
 )
 
 
+# an official batch is 31 MB (CIFAR-10) or 155 MB (CIFAR-100's train file)
+BATCH_FILE_BYTES = 1 << 30
+
+
 def read_batch(path: Path) -> dict[str, Any]:
     """Read one official batch file as a dict with str keys, running no code from it."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            obj = _SafeUnpickler(f, path).load()
+        data = read_bytes_limited(path, BATCH_FILE_BYTES, what="CIFAR batch")
+    except InputError as exc:
+        if not path.exists():
+            raise DataError(f"{path} is missing; the folder is incomplete") from None
+        raise DataError(str(exc)) from None
+    try:
+        obj = _SafeUnpickler(io.BytesIO(data), path).load()
     except DataError:
         raise
     except FileNotFoundError:
@@ -165,13 +177,18 @@ def _missing_message(source: CifarSource, folder: Path) -> str:
 
 
 def _download(source: CifarSource, folder: Path) -> None:
-    archive = download_file(
-        source.url,
-        folder.parent / source.archive,
-        source.md5,
-        what=f"without a network, provide the folder {folder} (the contents of {source.archive})",
-    )
-    extract_folder(archive, source.folder, folder.parent)
+    from ..outputs import OutputFolder
+
+    with OutputFolder(folder.parent, "download", out_option="data_dir") as claimed:
+        archive = download_file(
+            source.url,
+            folder.parent / source.archive,
+            source.md5,
+            what=f"without a network, provide the folder {folder} (the contents of "
+            f"{source.archive})",
+            folder=claimed,
+        )
+        extract_folder(archive, source.folder, folder.parent, folder=claimed)
 
 
 # ---------------------------------------------------------------- loading

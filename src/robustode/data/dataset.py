@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A dataset that cannot be found, read or accepted; the message says what to provide."""
 
 

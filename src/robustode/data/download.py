@@ -2,15 +2,17 @@
 
 Nothing half-done is ever left where a loader would find it: the download streams
 into a temporary file that is renamed into place only once its MD5 matches, and the
-archive is extracted into a temporary folder from which only the expected folder is
-renamed into place.
+archive is extracted into a temporary folder from which its files are moved into
+place one by one. The data folder is claimed through
+:class:`~robustode.outputs.OutputFolder`: robustode replaces only files it wrote
+there (a partly filled folder keeps a user's files; one that differs from the
+archive's is refused by name), and two downloads never run into one folder at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -19,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from ..errors import FolderError
+from ..outputs import OutputFolder
 from .dataset import DataError
 
 _CHUNK = 1 << 20
@@ -33,8 +37,10 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: Path, md5: str, *, what: str) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the right MD5 is already there.
+def download_file(url: str, dest: Path, md5: str, *, what: str, folder: OutputFolder) -> Path:
+    """Download ``url`` to ``dest`` (inside the claimed ``folder``) unless a file with the
+    right MD5 is already there; a file of another MD5 there is replaced only if robustode
+    wrote it.
 
     ``what`` names, for the error message, the folder the user can provide instead
     when there is no network.
@@ -42,7 +48,10 @@ def download_file(url: str, dest: Path, md5: str, *, what: str) -> Path:
     dest = Path(dest)
     if dest.is_file() and file_md5(dest) == md5:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.prepare_write(dest)
+    except FolderError as exc:
+        raise DataError(f"{exc} (it is not the archive {url} names: its MD5 differs)") from None
     fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
@@ -81,13 +90,20 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         )
 
 
-def extract_folder(archive: Path, folder: str, dest: Path) -> Path:
-    """Extract ``archive`` (a tar, possibly compressed) and move its ``folder`` to ``dest/folder``.
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and file_md5(a) == file_md5(b)
 
-    Every member is checked first; one unsafe member refuses the whole archive.
+
+def extract_folder(archive: Path, name: str, dest: Path, *, folder: OutputFolder) -> Path:
+    """Extract ``archive`` (a tar, possibly compressed) and move the files of its folder
+    ``name`` into ``dest/name`` (inside the claimed ``folder``).
+
+    Every member is checked first; one unsafe member refuses the whole archive. Files
+    already there are kept: equal ones as they are, a user's different one refused by
+    name, robustode's own replaced; files the archive does not hold are never touched.
     """
     archive, dest = Path(archive), Path(dest)
-    target = dest / folder
+    target = dest / name
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
@@ -98,12 +114,28 @@ def extract_folder(archive: Path, folder: str, dest: Path) -> Path:
                 # is a second line of defence where it exists
                 kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(tmp, members=members, **kwargs)
-                extracted = Path(tmp) / folder
+                extracted = Path(tmp) / name
                 if not extracted.is_dir():
-                    raise DataError(f"{archive} holds no folder '{folder}'")
-                if target.exists():
-                    shutil.rmtree(target)
-                extracted.replace(target)
+                    raise DataError(f"{archive} holds no folder '{name}'")
+                files = sorted(p for p in extracted.rglob("*") if p.is_file())
+                conflicts = [
+                    target / f.relative_to(extracted)
+                    for f in files
+                    if (target / f.relative_to(extracted)).exists()
+                    and not folder.owns(target / f.relative_to(extracted))
+                    and not _same_bytes(f, target / f.relative_to(extracted))
+                ]
+                if conflicts:
+                    raise DataError(
+                        f"{conflicts[0]} differs from the file of {archive.name} and robustode "
+                        "did not write it, so it is not replaced; move it away (or delete it) "
+                        "and download again"
+                    )
+                for f in files:
+                    place = target / f.relative_to(extracted)
+                    if place.exists() and not folder.owns(place):
+                        continue  # the user's copy, equal to the archive's
+                    f.replace(folder.prepare_write(place))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"cannot extract {archive}: {exc}") from None
     return target

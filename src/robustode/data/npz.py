@@ -10,19 +10,73 @@ Conventions:
 - The optional scalar ``num_classes`` fixes the number of classes; without it it is
   1 + the largest label over all the file's labels, so both splits agree.
 - The file is read with ``allow_pickle=False``: object arrays are refused.
+- Only a regular file is read, and every member's size — from its ``.npy``
+  header, before anything is decompressed — must stay within
+  :data:`MAX_NPZ_BYTES` in all (environment variable ``ROBUSTODE_MAX_NPZ_BYTES``
+  to raise it): a small compressed file cannot ask for gigabytes.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..io import check_regular_file
 from .dataset import DataError, ImageDataset
 
 _CHANNELS = (1, 3)
+# the full CIFAR-10 as float32 is 0.7 GB
+MAX_NPZ_BYTES = 8 << 30
+
+
+def _limit() -> int:
+    text = os.environ.get("ROBUSTODE_MAX_NPZ_BYTES")
+    try:
+        return int(text) if text else MAX_NPZ_BYTES
+    except ValueError:
+        raise DataError(
+            f"ROBUSTODE_MAX_NPZ_BYTES must be a number of bytes, got {text!r}"
+        ) from None
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuse an archive whose arrays (read from their .npy headers, nothing decompressed
+    beyond them) would take more than the limit, or that holds object arrays."""
+    limit = _limit()
+    total = 0
+    objects: list[str] = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                if dtype.hasobject:
+                    objects.append(info.filename[:-4])
+                total += math.prod(shape) * dtype.itemsize
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz ({exc})") from None
+    if objects:
+        raise DataError(
+            f"{path}: '{objects[0]}' is an object array; robustode reads an .npz without "
+            "pickled objects only"
+        )
+    if total > limit:
+        raise DataError(
+            f"{path} declares arrays of {total:,} bytes, more than the {limit:,} robustode reads "
+            "from an .npz (set ROBUSTODE_MAX_NPZ_BYTES to allow more)"
+        )
 
 
 def _images(x: np.ndarray, key: str, path: Path) -> torch.Tensor:
@@ -65,8 +119,12 @@ def load_npz(path: str | Path | None, *, split: str = "train") -> ImageDataset:
     if path is None:
         raise DataError("the npz dataset needs root= the path of a .npz file holding x and y")
     path = Path(path)
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise DataError(f"no .npz file at {path}; root must be the path of a .npz with x and y")
+    try:
+        check_regular_file(path, what=".npz data set")
+    except InputError as exc:
+        raise DataError(f"{exc}; root must be the path of a .npz with x and y") from None
     # np.load picks the format from the first bytes: a .npy gives an array, anything else is
     # tried as a pickle (refused, but with numpy's advice to unpickle it); accept a zip only
     try:
@@ -79,6 +137,7 @@ def load_npz(path: str | Path | None, *, split: str = "train") -> ImageDataset:
             f"{path} is not a .npz archive (a zip, as numpy.savez writes); root must be the "
             "path of a .npz holding x and y"
         )
+    _check_member_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 Stats = dict[str, float]
 
 
@@ -38,7 +40,7 @@ def to_stats(values: dict[str, torch.Tensor | float]) -> Stats:
     return read
 
 
-class DefenseConfigError(ValueError):
+class DefenseConfigError(InputError):
     """An unknown defense name or an option value a defense cannot take."""
 
 

@@ -35,11 +35,15 @@ from ..attacks.adaptive import (
     substitute_solver,
 )
 from ..attacks.base import AttackResult, model_mode
-from ..io import write_bytes_atomic, write_json_atomic
+from ..errors import InputError
+from ..fingerprint import inputs_sha256, model_fingerprint, versions
 from ..ode import SolverError
+from ..outputs import OutputFolder
 from . import audit_checks as ac
 from .audit_checks import CheckResult, compare, failed, outcome, passed, skipped
+from .inputs import check_inputs_fit_model
 
+AUDIT_FILE = "audit.json"
 VERDICTS = ("no masking detected", "suspicious", "masked")
 FAIL_ON = ("masked", "suspicious", "never")
 
@@ -189,20 +193,52 @@ def verdict_of(checks: list[CheckResult]) -> str:
 def fails_on(verdict: str, fail_on: str) -> bool:
     """Whether ``verdict`` is at least ``fail_on`` (masked > suspicious; never: never)."""
     if fail_on not in FAIL_ON:
-        raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got '{fail_on}'")
+        raise InputError(f"fail_on must be one of {', '.join(FAIL_ON)}, got '{fail_on}'")
     if fail_on == "never":
         return False
     return VERDICTS.index(verdict) >= VERDICTS.index(fail_on)
 
 
-def write_audit(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``audit.json`` and ``audit.md`` into ``out_dir`` (atomically); return both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "audit.json", out / "audit.md"
-    write_json_atomic(report.to_dict(), json_path)
-    write_bytes_atomic(report.to_markdown().encode(), md_path)
-    return json_path, md_path
+def write_audit(
+    report: AuditReport, out_dir: str | Path | OutputFolder, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``audit.json`` and ``audit.md`` into ``out_dir`` (atomically, through its
+    :class:`~robustode.outputs.OutputFolder`, claimed here unless the caller holds it);
+    return both paths."""
+    if isinstance(out_dir, OutputFolder):
+        return out_dir.write_json(AUDIT_FILE, report.to_dict()), out_dir.write_text(
+            "audit.md", report.to_markdown()
+        )
+    with OutputFolder(out_dir, "audit", overwrite=overwrite) as folder:
+        fingerprint = report.info.get("fingerprint")
+        if fingerprint is not None:
+            folder.refuse_other_settings(
+                AUDIT_FILE, fingerprint, what="an audit", key=("info", "fingerprint")
+            )
+        return write_audit(report, folder)
+
+
+def audit_fingerprint(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    level: str,
+    seed: int,
+    batch_size: int | None,
+    surrogate: nn.Module | None,
+) -> dict[str, Any]:
+    """What an audit's verdict depends on, read from the model, the points and the settings."""
+    return {
+        "format": "robustode-audit-1",
+        "model": model_fingerprint(model),
+        "data": {"sha256": inputs_sha256(x, y), "n": int(x.shape[0])},
+        "settings": {"eps": float(eps), "level": level, "seed": int(seed),
+                     "batch_size": batch_size},
+        "surrogate": None if surrogate is None else model_fingerprint(surrogate),
+        "versions": versions(),
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ the audit
@@ -542,17 +578,65 @@ def audit(
     seed: int = 0,
     batch_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> AuditReport:
     """Audit ``model`` (images in [0, 1]) for gradient masking on the points ``x``, ``y`` at the
     L∞ radius ``eps``; ``level`` (quick | standard | thorough) sets the budgets. ``surrogate``:
     a model whose PGD adversarials are transferred to ``model``. ``progress`` receives a line
-    before each attack."""
+    before each attack.
+
+    With ``out_dir`` the folder is claimed before anything runs (one writer; an audit of
+    another model, data or settings there is refused unless ``overwrite``) and
+    ``audit.json``/``audit.md`` are written at the end. ``meta`` (source, checkpoint) goes
+    into the report's info as it is; what was audited is read from the model itself."""
     if level not in LEVELS:
-        raise ValueError(f"unknown audit level '{level}'; choose one of: {', '.join(LEVELS)}")
+        raise InputError(f"unknown audit level '{level}'; choose one of: {', '.join(LEVELS)}")
     if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):
-        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
-    if x.shape[0] < 1 or y.shape != (x.shape[0],):
-        raise ValueError("audit needs at least one image and one label per image")
+        raise InputError(f"eps must be a number in (0, 1], got {eps!r}")
+    check_inputs_fit_model(model, x, y)
+    fingerprint = audit_fingerprint(
+        model, x, y, eps=eps, level=level, seed=seed, batch_size=batch_size, surrogate=surrogate
+    )
+    folder = None
+    if out_dir is not None:
+        folder = OutputFolder(out_dir, "audit", overwrite=overwrite).claim()
+    try:
+        if folder is not None:
+            folder.refuse_other_settings(
+                AUDIT_FILE, fingerprint, what="an audit", key=("info", "fingerprint")
+            )
+        if progress is not None:
+            progress(
+                f"auditing {x.shape[0]} images, ε = {eps:.5g} ({eps * 255:.3g}/255), level "
+                f"{level} ..."
+            )
+        report = _audit(model, x, y, eps=eps, level=level, surrogate=surrogate, seed=seed,
+                        batch_size=batch_size, progress=progress)  # fmt: skip
+        report.info.update(meta or {})
+        report.info["fingerprint"] = fingerprint
+        report.info["weights_sha256"] = fingerprint["model"]["weights_sha256"]
+        if folder is not None:
+            write_audit(report, folder)
+        return report
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    level: str,
+    surrogate: nn.Module | None,
+    seed: int,
+    batch_size: int | None,
+    progress: Callable[[str], None] | None,
+) -> AuditReport:
     start = time.perf_counter()
     a = _Audit(model, x.detach(), y.long(), float(eps), level, surrogate, seed, batch_size,
                progress)  # fmt: skip

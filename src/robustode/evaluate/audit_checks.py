@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.losses import cw_margin
+from ..errors import InputError
 
 Status = Literal["pass", "fail", "skipped"]
 Severity = Literal["masked", "suspicious"]
@@ -90,9 +91,9 @@ def paired_margin(discordant: int, n: int) -> float:
     noise; the floor keeps one or two odd points from deciding anything on small n.
     """
     if n < 1:
-        raise ValueError(f"n must be ≥ 1, got {n}")
+        raise InputError(f"n must be ≥ 1, got {n}")
     if discordant < 0 or discordant > n:
-        raise ValueError(f"discordant must be in [0, {n}], got {discordant}")
+        raise InputError(f"discordant must be in [0, {n}], got {discordant}")
     return max(MARGIN_FLOOR, MARGIN_SIGMAS * math.sqrt(discordant) / n)
 
 
@@ -100,7 +101,7 @@ def compare(robust: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
     """How far ``robust`` (per-point bools) lies below ``reference`` on the same points:
     accuracies, drop (reference − robust), discordant count, margin, and whether it counts."""
     if robust.shape != reference.shape or robust.dim() != 1 or robust.numel() == 0:
-        raise ValueError("compare needs two non-empty per-point vectors of the same length")
+        raise InputError("compare needs two non-empty per-point vectors of the same length")
     n = robust.numel()
     discordant = int((robust != reference).sum())
     acc, ref = robust.float().mean().item(), reference.float().mean().item()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..attacks import GradientAttack
+from ..errors import InputError
 from .suites import AttackSpec, parse_spec
 
 STEP_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -86,7 +87,7 @@ def plan_curves(
     """The steps curve from the suite's longest prefix-PGD (else ``pgd{curve_steps}-linf``,
     0 skips), the ε curve over ``eps_grid`` (None or empty skips)."""
     if curve_steps < 0:
-        raise ValueError(f"curve_steps must be ≥ 0, got {curve_steps}")
+        raise InputError(f"curve_steps must be ≥ 0, got {curve_steps}")
     plan = CurvePlan()
     best: tuple[AttackSpec, int] | None = None
     for spec in specs:
@@ -99,7 +100,7 @@ def plan_curves(
         plan.steps = (steps_spec(curve_steps), curve_steps)
     for eps in sorted(set(eps_grid or ())):
         if not eps > 0:
-            raise ValueError(f"every ε of the grid must be > 0, got {eps}")
+            raise InputError(f"every ε of the grid must be > 0, got {eps}")
         plan.eps.append((float(eps), eps_spec(float(eps))))
     return plan
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_bytes_atomic
+from ..outputs import OutputFolder
 
 
 def pyplot():
@@ -24,12 +25,16 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path: Path, dpi: int = 120) -> None:
-    """Write ``fig`` to ``path`` as a PNG atomically (never a half-written file) and close it."""
+def save_png(fig, path: Path, dpi: int = 120, *, folder: OutputFolder | None = None) -> Path:
+    """Write ``fig`` to ``path`` as a PNG atomically (never a half-written file) and close it;
+    through ``folder`` (which records it as robustode's) when the caller holds one."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
-    write_bytes_atomic(buffer.getvalue(), path)
+    if folder is not None:
+        return folder.write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(buffer.getvalue(), Path(path))
+    return Path(path)
 
 
 def _curve(
@@ -38,6 +43,7 @@ def _curve(
     clean: float,
     path: Path,
     *,
+    folder: OutputFolder,
     xlabel: str,
     xscale: dict[str, float],
     title: str,
@@ -55,14 +61,14 @@ def _curve(
     ax.axhline(clean, color="gray", linestyle="--", label="clean")
     ax.legend()
     ax.grid(alpha=0.3)
-    save_png(fig, path)
+    save_png(fig, path, folder=folder)
 
 
-def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the plots the report has data for; return their paths."""
+def write_plots(report: dict[str, Any], folder: OutputFolder) -> list[Path]:
+    """Write the plots the report has data for into the claimed ``folder``; return their
+    paths."""
     plt = pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = folder.root
     written: list[Path] = []
     clean = 100 * report["clean_accuracy"]
 
@@ -75,6 +81,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             ks,
             clean,
             path,
+            folder=folder,
             xlabel="PGD iterations",
             xscale={"base": 10},
             xlim=(1, max(ks) if max(ks) > 1 else 2),
@@ -90,6 +97,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             [p["eps_255"] for p in eps["points"]],
             clean,
             path,
+            folder=folder,
             xlabel="ε (×1/255)",
             xscale={"base": 2},
             title=f"robust accuracy vs ε (PGD-{eps['steps']} L∞)",
@@ -106,7 +114,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.legend()
         path = out_dir / "per_attack.png"
-        save_png(fig, path)
+        save_png(fig, path, folder=folder)
         written.append(path)
     return written
 

@@ -1,10 +1,16 @@
 """``report.json`` (schema below) and ``report.md``, and the results table printed by the CLI.
 
-report.json, ``schema_version`` 1::
+report.json, ``schema_version`` 2::
 
-    schema_version    1
+    schema_version    2
     robustode_version, torch_version, date (UTC, ISO 8601)
-    source, model_config, weights_sha256, data     what was evaluated (from the caller's meta)
+    fingerprint                                    digest of eval_config.json: everything the
+                                                   numbers depend on
+    model: {class, model_config, solvers, weights_sha256, structure_sha256}
+                                                   what was evaluated, read from the model
+    model_config, weights_sha256                   the same two, at the top level
+    source, checkpoint, data                       where model and images came from (the
+                                                   caller's meta: path, {epoch, file}, dataset)
     n, batch_size, seed, inputs_sha256             the first n test images, in order
     clean_accuracy                                 fraction in [0, 1]
     attacks: [ {id, name, options, description, norm, eps, points, robust_points,
@@ -27,17 +33,17 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
 from ..attacks import Attack
-from ..io import write_bytes_atomic, write_json_atomic
+from ..fingerprint import digest
+from ..outputs import OutputFolder
 from .suites import AttackSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TIMING_FIELDS = ("seconds", "timings", "date")
 
 
@@ -62,13 +68,15 @@ def build_report(
     config: dict[str, Any],
     meta: dict[str, Any],
     seconds: float,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The report of an evaluation (see the module docstring for the schema)."""
+    """The report of an evaluation (see the module docstring for the schema); ``config`` is
+    the evaluation's fingerprint (``eval_config.json``), ``meta`` where things came from."""
     first = points[specs[0].id]
     n = int(first.success.numel())
     rows: list[dict[str, Any]] = []
     groups: dict[tuple[str, float], list[str]] = {}
-    notes: list[str] = []
+    notes = list(notes)
     for spec in specs:
         attack, pr = attacks[spec.id], points[spec.id]
         robust = int(pr.robust.sum())
@@ -108,19 +116,26 @@ def build_report(
             }
         )
     clean = first.clean_correct
+    model = config["model"]
     return {
         "schema_version": SCHEMA_VERSION,
         "robustode_version": __version__,
         "torch_version": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": digest(config),
+        "model": {
+            k: model[k]
+            for k in ("class", "model_config", "solvers", "weights_sha256", "structure_sha256")
+        },
+        "model_config": model["model_config"],
+        "weights_sha256": model["weights_sha256"],
         "source": meta.get("source"),
-        "model_config": meta.get("model_config"),
-        "weights_sha256": meta.get("weights_sha256"),
+        "checkpoint": meta.get("checkpoint"),
         "data": meta.get("data"),
         "n": n,
         "batch_size": config["batch_size"],
         "seed": config["seed"],
-        "inputs_sha256": config["inputs_sha256"],
+        "inputs_sha256": config["data"]["sha256"],
         "clean_accuracy": int(clean.sum()) / n,
         "attacks": rows,
         "worst_case": worst,
@@ -202,12 +217,23 @@ def report_markdown(report: dict[str, Any]) -> str:
     """``report.md``: what was evaluated, the results table, the curves and the notes."""
     data = report.get("data") or {}
     data_text = data.get("name") if isinstance(data, dict) else data
+    checkpoint = report.get("checkpoint") or {}
+    solvers = (report.get("model") or {}).get("solvers") or {}
     lines = [
         "# Robustness evaluation",
         "",
         f"- model: `{report.get('model_config')}`",
-        f"- source: `{report.get('source')}` (weights sha256 "
-        f"`{str(report.get('weights_sha256'))[:16]}…`)",
+        f"- source: `{report.get('source')}`"
+        + (f", checkpoint epoch {checkpoint.get('epoch')}" if checkpoint.get("epoch") else "")
+        + f" (weights sha256 `{str(report.get('weights_sha256'))[:16]}…`)",
+    ]
+    lines += [
+        f"- ODE block `{name}`: {s.get('method')} (rtol {s.get('rtol')}, atol "
+        f"{s.get('atol')}, step size {s.get('step_size')}, step control {s.get('step_control')})"
+        for name, s in solvers.items()
+        if isinstance(s, dict)
+    ]
+    lines += [
         f"- data: {data_text}, the first {report['n']} test images in order",
         f"- batch size {report['batch_size']}, seed {report['seed']}; robustode "
         f"{report['robustode_version']}, torch {report['torch_version']}, {report['date']}",
@@ -233,11 +259,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
-    """``report.json`` and ``report.md`` in ``out_dir``, both written atomically."""
-    out_dir = Path(out_dir)
-    write_json_atomic(report, out_dir / "report.json")
-    write_bytes_atomic(report_markdown(report).encode(), out_dir / "report.md")
+def write_report(report: dict[str, Any], folder: OutputFolder) -> None:
+    """``report.json`` and ``report.md`` in the claimed ``folder``, both written atomically."""
+    folder.write_json("report.json", report)
+    folder.write_text("report.md", report_markdown(report))
 
 
 __all__ = [

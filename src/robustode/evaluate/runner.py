@@ -1,13 +1,23 @@
 """Run attack specs over the first n test images, batch by batch, cached, resumable, shardable.
 
 Every (attack, batch) result is written atomically to
-``out_dir/points/<attack>/batch-<k>.json`` as soon as it is done; a rerun
-into the same folder skips the batches already there, so an interrupted
-evaluation goes on where it stopped. Each (attack, batch) is seeded from
-(seed, k) alone (``seed + 1_000_003·k``; the spec's own ``seed=`` replaces
-``seed``), so the numbers never depend on which batches ran in which
-process. ``out_dir/eval_config.json`` records what the results depend on;
-other settings into the same folder are refused unless ``overwrite``.
+``out_dir/points/<attack>/batch-<k>.json`` as soon as it is done, with the
+fingerprint of what produced it (:mod:`robustode.evaluate.batches`): the model
+as it runs (weights, config, every ODE block's solver — read from the model,
+never from the caller's ``meta``), the exact images and labels, the attack's
+resolved settings and the versions. A rerun into the same folder reuses a
+batch file only when its fingerprint, checksum and content check out; any
+other file is named in one line and recomputed. Each (attack, batch) is seeded
+from (seed, k) alone (``seed + 1_000_003·k``; the spec's own ``seed=``
+replaces ``seed``), so the numbers never depend on which batches ran in which
+process.
+
+The output folder is claimed through :class:`~robustode.outputs.OutputFolder`:
+one evaluation at a time, and only robustode's own files are ever replaced.
+``out_dir/eval_config.json`` records the fingerprint; an evaluation of another
+model, data or attack list in the same folder is refused unless ``overwrite``,
+and then only what the change invalidates is recomputed — the message says what
+changed.
 
 Under torchrun (``ctx.distributed``) rank r runs the batches with
 k mod world_size = r; after a barrier every rank reads all batch files and
@@ -16,9 +26,7 @@ rank 0 writes the report and plots.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -30,14 +38,27 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, attack_preset, create_attack
-from ..io import write_json_atomic
+from ..errors import FolderError, InputError, spell
+from ..fingerprint import (
+    changes,
+    digest,
+    inputs_sha256,
+    model_fingerprint,
+    settings_of,
+    versions,
+)
+from ..io import read_json_limited
+from ..outputs import OutputFolder
 from ..train.distributed import DistContext
+from . import batches
 from .curves import DEFAULT_EPS_GRID, EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
-from .suites import AttackSpec
+from .inputs import check_inputs_fit_model
+from .suites import AttackSpec, parse_spec
 
 CONFIG_FILE = "eval_config.json"
 POINTS_DIR = "points"
 SEED_STRIDE = 1_000_003
+EVAL_FORMAT = "robustode-eval-2"
 
 
 @dataclass
@@ -82,13 +103,6 @@ def make_attack(spec: AttackSpec, seed: int, k: int) -> Attack:
     return create_attack(spec.name, **options)
 
 
-def _inputs_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    digest.update(x.detach().float().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().long().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class _Progress:
     """A tqdm bar over (attack, batch) units on a terminal, else one line per attack."""
 
@@ -120,6 +134,79 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+Slice = tuple[int, int, int]  # (k, start, stop) of batch k
+
+
+def _batch_rel(spec: AttackSpec, k: int) -> str:
+    return f"{POINTS_DIR}/{spec.file_name}/batch-{k:05d}.json"
+
+
+def _as_specs(specs: Sequence[AttackSpec | str]) -> list[AttackSpec]:
+    if isinstance(specs, str):
+        raise InputError(
+            "specs must be a list of attack specs, e.g. ['pgd20-linf', 'apgd-ce'] "
+            "(resolve_attacks(None, 'a,b') splits a comma list)"
+        )
+    return [s if isinstance(s, AttackSpec) else parse_spec(str(s)) for s in specs]
+
+
+class _Batches:
+    """This evaluation's batch files: their fingerprints, and reading them with validation."""
+
+    def __init__(
+        self,
+        folder: OutputFolder,
+        specs: list[AttackSpec],
+        slices: list[Slice],
+        *,
+        model_digest: str,
+        data_digest: str,
+        seed: int,
+    ) -> None:
+        self.folder = folder
+        self.specs = specs
+        self.slices = slices
+        vers = versions()
+        self.fingerprints = {
+            (spec.id, k): digest(
+                {
+                    "model": model_digest,
+                    "data": data_digest,
+                    "slice": [k, a, b],
+                    "attack": settings_of(make_attack(spec, seed, k)),
+                    "versions": vers,
+                }
+            )
+            for spec in specs
+            for k, a, b in slices
+        }
+
+    def path(self, spec: AttackSpec, k: int) -> Path:
+        return self.folder.root / _batch_rel(spec, k)
+
+    def load(self, spec: AttackSpec, sl: Slice) -> tuple[dict[str, Any] | None, str | None]:
+        """(content, None) for a file that may be used; (None, None) when there is none;
+        (None, why) for one that must be recomputed."""
+        k, a, b = sl
+        path = self.path(spec, k)
+        if not (path.exists() or path.is_symlink()):
+            return None, None
+        if not self.folder.owns(path):
+            return None, "robustode did not write it"
+        data, why = batches.read(path)
+        if why is None:
+            why = batches.problem(
+                data,
+                fingerprint=self.fingerprints[(spec.id, k)],
+                attack=spec.id,
+                batch=k,
+                start=a,
+                count=b - a,
+            )
+        return (data, None) if why is None else (None, why)
 
 
 def _run_batch(
@@ -143,26 +230,11 @@ def _run_batch(
         "seconds": seconds,
         "members": None
         if members is None
-        else [{"attack": m["attack"], "broken": m["broken"]} for m in members],
+        else [{"attack": m["attack"], "broken": int(m["broken"])} for m in members],
     }
 
 
-def _batch_path(out_dir: Path, spec: AttackSpec, k: int) -> Path:
-    return out_dir / POINTS_DIR / spec.file_name / f"batch-{k:05d}.json"
-
-
-def _read_batch(path: Path, spec: AttackSpec, k: int, count: int) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}; delete it to recompute that batch") from None
-    if data.get("attack") != spec.id or data.get("batch") != k or len(data["success"]) != count:
-        raise ValueError(f"{path} does not hold batch {k} of '{spec.id}'; delete it to recompute")
-    return data
-
-
-def _gather(out_dir: Path, spec: AttackSpec, batches: list[tuple[int, int, int]]) -> PointResults:
-    parts = [_read_batch(_batch_path(out_dir, spec, k), spec, k, b - a) for k, a, b in batches]
+def _point_results(parts: list[dict[str, Any]]) -> PointResults:
     firsts = [p["first_adversarial"] for p in parts]
     members: dict[str, int] | None = None
     if all(p.get("members") for p in parts):
@@ -186,48 +258,117 @@ def _gather(out_dir: Path, spec: AttackSpec, batches: list[tuple[int, int, int]]
     )
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
-
-
 def _prepare_folder(
-    out_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bool, ctx: DistContext
-) -> None:
-    """Refuse another command's results or other settings (unless ``overwrite``); clear stale
-    points; write the config."""
-    from ..outputs import refuse_other_kind
-
-    refuse_other_kind(out_dir, "evaluate", overwrite=overwrite)
-    path = out_dir / CONFIG_FILE
-    clear = False
-    if path.is_file():
+    folder: OutputFolder,
+    config: dict[str, Any],
+    layout: _Batches,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> list[str]:
+    """On the main process, with the folder claimed: refuse another evaluation's results
+    (unless ``overwrite``) and a user's files where batch files go; drop what the change
+    invalidates; write the new config. Returns lines to show the user."""
+    lines: list[str] = []
+    path = folder.root / CONFIG_FILE
+    old: Any = None
+    if path.exists():
         try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        changed = _differences(old, config)
-        if changed and not overwrite:
-            raise ValueError(
-                f"{out_dir} holds an evaluation with other settings ({', '.join(changed)} "
-                "differ); pass --overwrite to replace it, or choose another --out"
+            old = read_json_limited(path, what="evaluation config")
+        except InputError as exc:
+            old = {"unreadable": str(exc)}
+    changed = old is not None and old != config
+    wanted = {spec.file_name for spec in layout.specs}
+    points = folder.root / POINTS_DIR
+    if points.is_dir():
+        for entry in sorted(points.iterdir()):
+            if entry.is_dir() and (not resume or entry.name not in wanted):
+                folder.remove_tree(entry)
+    if changed:
+        what = "; ".join(changes(old, config)) or "unreadable"
+        if not overwrite:
+            raise FolderError(
+                f"{folder.root} holds an evaluation of other settings ({what}); pass "
+                f"{spell('overwrite')} to replace it (batches whose model, data and attack "
+                f"are unchanged are reused), or choose another folder with {spell('out')}"
             )
-        clear = bool(changed) or not resume
-    elif (out_dir / POINTS_DIR).exists():
-        clear = True  # points without a config: not ours to trust
-    ctx.barrier()  # every rank has checked before rank 0 changes anything
-    if ctx.is_main:
-        if clear:
-            shutil.rmtree(out_dir / POINTS_DIR, ignore_errors=True)
-        write_json_atomic(config, path)
-    ctx.barrier()
+        # what the change invalidates goes now, said once, rather than file by file
+        kept = dropped = 0
+        current = {(spec.file_name, f"batch-{k:05d}.json") for spec in layout.specs
+                   for k, _, _ in layout.slices}  # fmt: skip
+        by_path = {layout.path(spec, sl[0]): (spec, sl) for spec in layout.specs
+                   for sl in layout.slices}  # fmt: skip
+        for path in sorted(points.rglob("batch-*.json")) if points.is_dir() else []:
+            if not folder.owns(path):
+                continue
+            if (path.parent.name, path.name) in current and layout.load(*by_path[path])[0]:
+                kept += 1
+            else:
+                folder.remove(path)
+                dropped += 1
+        lines.append(
+            f"replacing the evaluation in {folder.root}: {what}; {kept} cached batch(es) "
+            f"stay valid, {dropped} are recomputed"
+        )
+    foreign = [
+        layout.path(spec, k)
+        for spec in layout.specs
+        for k, _, _ in layout.slices
+        if layout.path(spec, k).exists() and not folder.owns(layout.path(spec, k))
+    ]
+    if foreign:
+        raise FolderError(
+            f"{foreign[0]} (and {len(foreign) - 1} more) was not written by robustode, and "
+            "robustode never replaces a file it did not write; move it away, or choose "
+            f"another folder with {spell('out')}"
+            if len(foreign) > 1
+            else f"{foreign[0]} was not written by robustode, and robustode never replaces a "
+            f"file it did not write; move it away, or choose another folder with {spell('out')}"
+        )
+    folder.write_json(CONFIG_FILE, config)
+    return lines
+
+
+def _clean_disagreements(layout: _Batches, sl: Slice, run: str) -> list[tuple[AttackSpec, str]]:
+    """Cached batch files of slice ``sl`` whose clean verdicts disagree with the ones
+    computed in this run (or, with none computed, with each other): (spec, why)."""
+    k = sl[0]
+    files = []
+    for spec in layout.specs:
+        data, _ = layout.load(spec, sl)
+        if data is not None:
+            files.append((spec, data))
+    fresh = [(s, d) for s, d in files if d.get("run") == run]
+    cached = [(s, d) for s, d in files if d.get("run") != run]
+    if fresh:
+        reference_spec, reference = fresh[0]
+        out = []
+        for s, d in cached:
+            differ = sum(
+                a != b for a, b in zip(d["clean_correct"], reference["clean_correct"], strict=True)
+            )
+            if differ:
+                out.append(
+                    (
+                        s,
+                        f"its clean verdicts differ from {reference_spec.id}'s, computed now, "
+                        f"on {differ} point(s) of batch {k}",
+                    )
+                )
+        return out
+    if len({tuple(d["clean_correct"]) for _, d in cached}) > 1:
+        return [
+            (s, f"the cached attacks of batch {k} disagree on its clean verdicts")
+            for s, _ in cached
+        ]
+    return []
 
 
 def run_evaluation(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    specs: Sequence[AttackSpec],
+    specs: Sequence[AttackSpec | str],
     out_dir: str | Path,
     *,
     batch_size: int = 100,
@@ -246,64 +387,104 @@ def run_evaluation(
     ``report.json``, ``report.md`` and (``plots``) the PNGs into ``out_dir``.
 
     ``progress``: True a tqdm bar, False one line per attack, None a bar only on a
-    terminal. ``meta``: what the report says about the model and data (``source``,
-    ``model_config``, ``weights_sha256``, ``data``, ...).
+    terminal. ``meta``: what the report says about where the model and data came from
+    (``source``, ``checkpoint``, ``data``); what was evaluated is read from ``model``,
+    ``x`` and ``y`` themselves. ``resume=False`` recomputes every batch;
+    ``overwrite`` replaces an evaluation of other settings in ``out_dir``.
     """
     from .report import build_report, write_report
 
     ctx = ctx or DistContext(device=x.device)
     meta = dict(meta or {})
-    specs = list(specs)
+    stream = stream or sys.stderr
+    specs = _as_specs(specs)
     if not specs:
-        raise ValueError("no attacks to run")
+        raise InputError("no attacks to run")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    check_inputs_fit_model(model, x, y)
     n = int(x.shape[0])
-    if n < 1 or y.shape != (n,):
-        raise ValueError(
-            f"need n ≥ 1 images and n labels, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
     out_dir = Path(out_dir)
     plan: CurvePlan = plan_curves(specs, curve_steps=curve_steps, eps_grid=eps_grid)
     extra = plan.extra_specs(specs)
     all_specs = specs + extra
+    model_fp = model_fingerprint(model)
+    data_fp = inputs_sha256(x, y)
     config = {
-        "weights_sha256": meta.get("weights_sha256"),
-        "data": meta.get("data"),
-        "inputs_sha256": _inputs_sha256(x, y),
-        "n": n,
+        "format": EVAL_FORMAT,
+        "model": model_fp,
+        "data": {"sha256": data_fp, "n": n},
         "batch_size": batch_size,
         "seed": seed,
-        "attacks": [s.id for s in specs],
+        "attacks": {s.id: settings_of(s.create(seed=seed)) for s in specs},
         "curve_attacks": [s.id for s in extra],
+        "versions": versions(),
     }
-    _prepare_folder(out_dir, config, resume=resume, overwrite=overwrite, ctx=ctx)
-
-    batches = [(k, a, min(a + batch_size, n)) for k, a in enumerate(range(0, n, batch_size))]
-    mine = [b for b in batches if b[0] % ctx.world_size == ctx.rank]
-    todo = {
-        s.id: [b for b in mine if not _batch_path(out_dir, s, b[0]).is_file()] for s in all_specs
-    }
-    show = _Progress(
-        sum(len(v) for v in todo.values()),
-        enabled=ctx.is_main,
-        bar=progress,
-        stream=stream or sys.stderr,
+    slices = [(k, a, min(a + batch_size, n)) for k, a in enumerate(range(0, n, batch_size))]
+    folder = OutputFolder(out_dir, "evaluate", overwrite=overwrite, lock=ctx.is_main)
+    layout = _Batches(
+        folder, all_specs, slices, model_digest=digest(model_fp), data_digest=data_fp, seed=seed
     )
-    started = time.perf_counter()
+    show: _Progress | None = None
     try:
+
+        def claim() -> list[str]:
+            folder.claim()
+            return _prepare_folder(folder, config, layout, resume=resume, overwrite=overwrite)
+
+        for line in ctx.on_main(claim) or []:
+            print(line, file=stream, flush=True)
+        if not ctx.is_main:
+            folder.claim()  # attached: records this rank's files in the manifest
+        run = ctx.all_gather(secrets.token_hex(8))[0]
+        mine = [sl for sl in slices if sl[0] % ctx.world_size == ctx.rank]
+        todo: dict[str, list[Slice]] = {}
+        for spec in all_specs:
+            todo[spec.id] = []
+            for sl in mine:
+                data, why = layout.load(spec, sl)
+                if data is None:
+                    todo[spec.id].append(sl)
+                    if why is not None and ctx.is_main:
+                        print(
+                            f"{layout.path(spec, sl[0])}: {why}; recomputing it",
+                            file=stream,
+                            flush=True,
+                        )
+        show = _Progress(
+            sum(len(v) for v in todo.values()),
+            enabled=ctx.is_main,
+            bar=progress,
+            stream=stream,
+        )
+        started = time.perf_counter()
+
+        def compute(spec: AttackSpec, sl: Slice) -> dict[str, Any]:
+            k, a, b = sl
+            data = _run_batch(model, make_attack(spec, seed, k), x[a:b], y[a:b])
+            data = batches.seal(
+                {
+                    "fingerprint": layout.fingerprints[(spec.id, k)],
+                    "attack": spec.id,
+                    "batch": k,
+                    "start": a,
+                    "count": b - a,
+                    "run": run,
+                    **data,
+                }
+            )
+            folder.write_json(_batch_rel(spec, k), data)
+            return data
+
         for index, spec in enumerate(all_specs, 1):
             show.start(spec.id)
             ran, seconds, robust, points = 0, 0.0, 0, 0
-            for k, a, b in todo[spec.id]:
-                attack = make_attack(spec, seed, k)
-                data = _run_batch(model, attack, x[a:b], y[a:b])
-                data = {"attack": spec.id, "batch": k, "start": a, "count": b - a, **data}
-                write_json_atomic(data, _batch_path(out_dir, spec, k))
+            for sl in todo[spec.id]:
+                data = compute(spec, sl)
                 ran += 1
                 seconds += data["seconds"]
-                robust += (b - a) - sum(data["success"])
-                points += b - a
+                robust += data["count"] - sum(data["success"])
+                points += data["count"]
                 show.step()
             cached = len(mine) - ran
             line = f"[{index}/{len(all_specs)}] {spec.id}: "
@@ -314,30 +495,65 @@ def run_evaluation(
             if cached:
                 line += f"; {cached} batch(es) from an earlier run"
             show.attack_done(line)
-    finally:
         show.close()
-    ctx.barrier()
+        ctx.barrier()
+        folder.refresh()
+        # the same clean verdict across attacks: a cached file that disagrees is recomputed
+        redo = [
+            (spec, sl, why)
+            for sl in slices
+            for spec, why in _clean_disagreements(layout, sl, run)
+            if sl[0] % ctx.world_size == ctx.rank
+        ]
+        for spec, sl, why in redo:
+            print(f"{layout.path(spec, sl[0])}: {why}; recomputing it", file=stream, flush=True)
+            compute(spec, sl)
+        ctx.barrier()
+        folder.refresh()
 
-    points = {s.id: _gather(out_dir, s, batches) for s in all_specs}
-    attacks = {s.id: s.create(seed=seed) for s in all_specs}
-    curves = _curves(plan, points, attacks)
-    report = build_report(
-        specs=specs,
-        attacks=attacks,
-        points=points,
-        curves=curves,
-        config=config,
-        meta=meta,
-        seconds=time.perf_counter() - started,
-    )
-    if ctx.is_main:
-        write_report(report, out_dir)
-        if plots:
-            from .plots import write_plots
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for spec in all_specs:
+            parts[spec.id] = []
+            for sl in slices:
+                data, why = layout.load(spec, sl)
+                if data is None:
+                    raise FolderError(
+                        f"{layout.path(spec, sl[0])} changed while the evaluation ran "
+                        f"({why or 'it is missing'}); run the evaluation again"
+                    )
+                parts[spec.id].append(data)
+        points_by_spec = {sid: _point_results(p) for sid, p in parts.items()}
+        notes = []
+        cleans = {tuple(p.clean_correct.tolist()) for p in points_by_spec.values()}
+        if len(cleans) > 1:
+            notes.append(
+                "the attacks saw different clean verdicts for some images: the model's outputs "
+                "depend on randomness or on the batch an image is in"
+            )
+        attacks = {s.id: s.create(seed=seed) for s in all_specs}
+        curves = _curves(plan, points_by_spec, attacks)
+        report = build_report(
+            specs=specs,
+            attacks=attacks,
+            points=points_by_spec,
+            curves=curves,
+            config=config,
+            meta=meta,
+            seconds=time.perf_counter() - started,
+            notes=notes,
+        )
+        if ctx.is_main:
+            write_report(report, folder)
+            if plots:
+                from .plots import write_plots
 
-            write_plots(report, out_dir)
-    ctx.barrier()
-    return EvaluationResult(report=report, out_dir=out_dir, points=points)
+                write_plots(report, folder)
+        ctx.barrier()
+    finally:
+        if show is not None:
+            show.close()
+        folder.release()
+    return EvaluationResult(report=report, out_dir=out_dir, points=points_by_spec)
 
 
 def _curves(

@@ -40,15 +40,18 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks.adaptive import solvers_replaced
+from ..errors import InputError
 from ..nn.ode_block import ODEBlock, named_ode_blocks
 
 DEFAULT_ITERATIONS = (1, 100, 1000)
+STEPS_FILE = "steps.json"
 
 
 # ----------------------------------------------------------------- blocks and grids
@@ -58,7 +61,7 @@ def find_ode_blocks(model: nn.Module) -> list[tuple[str, ODEBlock]]:
     Raises one ValueError when there is none (there is no grid to study)."""
     blocks = list(named_ode_blocks(model))
     if not blocks:
-        raise ValueError(
+        raise InputError(
             f"the model ({type(model).__name__}) has no ODE blocks, so it has no step grids to "
             "study; give an ODE model (e.g. soblock, odenet, sonet)"
         )
@@ -87,7 +90,7 @@ def _block_grids(block: ODEBlock) -> list[dict[str, Any]]:
     """One entry per sample the latest forward integrated (one entry in batch step control)."""
     record = block.last_record
     if record is None:
-        raise ValueError("an ODE block was not run by the model's forward pass")
+        raise InputError("an ODE block was not run by the model's forward pass")
     t1 = block.solver.t1
     accepted, rejected = record.accepted_steps(), record.rejected_steps()
     if not record.per_sample:
@@ -147,7 +150,7 @@ class TrajectorySettings:
             overrides["step_size"] = step_size
         built = create_attack(attack, **overrides)
         if not isinstance(built, GradientAttack):
-            raise ValueError(
+            raise InputError(
                 f"attack '{attack}' is not a projected-gradient attack; the step study follows "
                 "a PGD trajectory (e.g. pgd1000-linf, pgd1000-l2, ifgsm20)"
             )
@@ -216,10 +219,10 @@ def pgd_trajectory(
 def _check_iterations(iterations: Sequence[int]) -> tuple[int, ...]:
     values = tuple(iterations)
     if not values:
-        raise ValueError("give at least one PGD iteration count")
+        raise InputError("give at least one PGD iteration count")
     for k in values:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"PGD iteration counts must be integers ≥ 1, got {k!r}")
+            raise InputError(f"PGD iteration counts must be integers ≥ 1, got {k!r}")
     return tuple(sorted(set(values)))
 
 
@@ -322,9 +325,9 @@ def step_study(
     blocks = find_ode_blocks(model)
     iterations = _check_iterations(iterations)
     if x.dim() < 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:
-        raise ValueError("x must be a non-empty batch and y one label per image")
+        raise InputError("x must be a non-empty batch and y one label per image")
     if tol is not None and not any(b.solver.adaptive for _, b in blocks):
-        raise ValueError(
+        raise InputError(
             "a tolerance applies to adaptive solvers only; this model's ODE blocks are all "
             "fixed-step (" + ", ".join(b.solver.describe() for _, b in blocks) + ")"
         )
@@ -527,7 +530,83 @@ def studies_to_dict(studies: Sequence[StepStudy], **extra: Any) -> dict[str, Any
     return {**extra, "studies": [s.to_dict() for s in studies]}
 
 
-def plot_steps(studies: Sequence[StepStudy], path) -> None:
+def steps_fingerprint(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What a step study depends on, read from the model, the images and the settings."""
+    from ..fingerprint import inputs_sha256, model_fingerprint, versions
+
+    return {
+        "format": "robustode-steps-1",
+        "model": model_fingerprint(model),
+        "data": {"sha256": inputs_sha256(x, y), "n": int(x.shape[0])},
+        "settings": settings,
+        "versions": versions(),
+    }
+
+
+def run_step_studies(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    iterations: Sequence[int] = DEFAULT_ITERATIONS,
+    attack: str = "pgd1000-linf",
+    eps: float | None = None,
+    step_size: float | None = None,
+    per_image: bool = True,
+    tols: Sequence[float] | None = None,
+    overwrite: bool = False,
+    meta: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> list[StepStudy]:
+    """:func:`step_study` once per tolerance in ``tols`` (once, at the model's own, for None),
+    written to ``out_dir`` as ``steps.json``, ``steps.md`` and ``steps.png``. The folder is
+    claimed first (one writer; a study of another model, data or settings there is refused
+    unless ``overwrite``), before anything runs."""
+    from ..outputs import OutputFolder
+
+    find_ode_blocks(model)
+    TrajectorySettings.from_attack(attack, eps=eps, step_size=step_size)
+    settings = {
+        "iterations": sorted(set(_check_iterations(iterations))),
+        "attack": attack,
+        "eps": eps,
+        "step_size": step_size,
+        "tol": None if tols is None else [float(t) for t in tols],
+        "per_image": per_image,
+    }
+    fingerprint = steps_fingerprint(model, x, y, settings)
+    with OutputFolder(out_dir, "steps", overwrite=overwrite) as folder:
+        folder.refuse_other_settings(STEPS_FILE, fingerprint, what="a step study")
+        if progress is not None:
+            progress(
+                f"steps: {x.shape[0]} image(s), PGD to {max(settings['iterations'])} iterations"
+                + (f", tol {', '.join(f'{t:g}' for t in tols)}" if tols else "")
+                + " ..."
+            )
+        studies = [
+            step_study(
+                model, x, y, iterations=iterations, attack=attack, eps=eps,
+                step_size=step_size, per_image=per_image, tol=tol,
+            )
+            for tol in (tols or [None])
+        ]  # fmt: skip
+        document = studies_to_dict(
+            studies,
+            fingerprint=fingerprint,
+            settings={**settings, "n": int(x.shape[0])},
+            **(meta or {}),
+        )
+        folder.write_json(STEPS_FILE, document)
+        folder.write_text("steps.md", "# Adaptive step grids (SONet Table 3)\n\n"
+                          + format_table(studies) + "\n")  # fmt: skip
+        plot_steps(studies, folder.root / "steps.png", folder=folder)
+    return studies
+
+
+def plot_steps(studies: Sequence[StepStudy], path, *, folder: Any = None) -> None:
     """Write ``steps.png``: per study and block, the grid points per iteration (batch grid as
     ticks, per-image grid points faint) and the mean grid change vs iteration."""
     from .plots import pyplot, save_png
@@ -577,4 +656,4 @@ def plot_steps(studies: Sequence[StepStudy], path) -> None:
             ax_change.set_title("fixed-step: the grid cannot move", fontsize=9)
     fig.suptitle(f"Adaptive step grids along {studies[0].attack['description']}", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path, dpi=110)
+    save_png(fig, path, dpi=110, folder=folder)

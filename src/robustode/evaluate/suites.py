@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from ..attacks import Attack, attack_preset, create_attack, has_ode_blocks
+from ..errors import InputError
 
 PAPER = ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "pgd1000-l2", "cw-linf", "spsa")
 AUTOATTACK = ("autoattack",)
@@ -51,7 +52,7 @@ SUITES: dict[str, Callable[[nn.Module | None], list[str]]] = {
 def register_suite(name: str, specs: Callable[[nn.Module | None], Sequence[str]]) -> None:
     """Add a suite: ``specs(model)`` returns its attack specs (the model may be None)."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-        raise ValueError(f"a suite name is lower-case letters, digits, '-' and '_'; got '{name}'")
+        raise InputError(f"a suite name is lower-case letters, digits, '-' and '_'; got '{name}'")
     SUITES[name] = lambda model: list(specs(model))
 
 
@@ -109,21 +110,21 @@ def parse_spec(text: str) -> AttackSpec:
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key:
-                raise ValueError(
+                raise InputError(
                     f"attack spec '{text}': expected NAME:key=value,key=value, got '{item}'"
                 )
             options[key] = _value(value.strip())
     spec = AttackSpec(text, name, options)
     unknown = [k for k in options if k not in accepted]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"attack '{name}' has no option {', '.join(map(repr, unknown))}; "
             f"it accepts: {', '.join(accepted)}"
         )
     try:
         spec.create()
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"attack spec '{text}': {exc}") from None
+        raise InputError(f"attack spec '{text}': {exc}") from None
     return spec
 
 
@@ -134,11 +135,11 @@ def resolve_attacks(
     texts: list[str] = []
     if suite is not None:
         if suite not in SUITES:
-            raise ValueError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
+            raise InputError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
         texts += SUITES[suite](model)
     texts += [a for a in (attacks or ()) if a.strip()]
     if not texts:
-        raise ValueError("no attacks: name a suite or give attack specs")
+        raise InputError("no attacks: name a suite or give attack specs")
     specs: dict[str, AttackSpec] = {}
     for text in texts:
         spec = parse_spec(text)

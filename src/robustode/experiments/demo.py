@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import write_bytes_atomic, write_json_atomic
-
 EPS = 0.1
 STEP = 0.01
 N_TEST = 100
@@ -173,13 +171,8 @@ def run_demo(
 ) -> DemoResult:
     """Train, attack and audit the three demo models; write ``OUT/demo.json``, ``demo.md``,
     ``demo.png`` and each model's own ``eval/`` report and ``audit/`` verdict."""
-    from ..attacks import has_ode_blocks
-    from ..evaluate import load_target
-    from ..evaluate.audit import audit, write_audit
-    from ..evaluate.runner import run_evaluation
-    from ..evaluate.suites import parse_spec
-    from ..outputs import refuse_other_kind
-    from ..train import build_config, train
+    from ..outputs import OutputFolder
+    from ..train import build_config
     from ..train.run_folder import refuse_changed_runs
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -199,11 +192,22 @@ def run_demo(
     ]
     # before anything is trained or written: a folder of other results, or a demo of other
     # settings (a resume would refuse its runs one by one, after the first was redone)
-    refuse_other_kind(out, "demo", overwrite=overwrite)
-    if not overwrite:
-        names = [name for name, _, _ in MODELS]
-        refuse_changed_runs(out, dict(zip(names, configs, strict=True)), "a demo")
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputFolder(out, "demo", overwrite=overwrite) as folder:
+        if not overwrite:
+            names = [name for name, _, _ in MODELS]
+            refuse_changed_runs(out, dict(zip(names, configs, strict=True)), "a demo")
+        return _run_demo(folder, configs, seed, device, overwrite, audit_level, log)
+
+
+def _run_demo(folder, configs, seed, device, overwrite, audit_level, log) -> DemoResult:
+    from ..attacks import has_ode_blocks
+    from ..evaluate import load_target
+    from ..evaluate.audit import audit
+    from ..evaluate.runner import run_evaluation
+    from ..evaluate.suites import parse_spec
+    from ..train import train
+
+    out = folder.root
     start = time.perf_counter()
     rows: list[DemoRow] = []
     for i, ((name, description, _), config) in enumerate(zip(MODELS, configs, strict=True), 1):
@@ -244,8 +248,17 @@ def run_demo(
 
         log(f"[{i}/{len(MODELS)}] {name}: gradient-masking audit ({audit_level})")
         t0 = time.perf_counter()
-        verdict = audit(target.model, x, y, eps=EPS, level=audit_level, seed=seed)
-        write_audit(verdict, run_dir / "audit")
+        verdict = audit(
+            target.model,
+            x,
+            y,
+            eps=EPS,
+            level=audit_level,
+            seed=seed,
+            out_dir=run_dir / "audit",
+            overwrite=overwrite,
+            meta=target.report_meta(),
+        )
         t_audit = time.perf_counter() - t0
         failed = [c.name for c in verdict.checks if c.status == "fail"]
         rows.append(
@@ -263,13 +276,13 @@ def run_demo(
             )
         )
     result = DemoResult(rows, out, time.perf_counter() - start, findings(rows))
-    write_json_atomic(result.to_dict(), out / "demo.json")
-    write_bytes_atomic((format_demo(result) + "\n").encode(), out / "demo.md")
-    plot_demo(result, out / "demo.png")
+    folder.write_json("demo.json", result.to_dict())
+    folder.write_text("demo.md", format_demo(result) + "\n")
+    plot_demo(result, out / "demo.png", folder=folder)
     return result
 
 
-def plot_demo(result: DemoResult, path: Path) -> None:
+def plot_demo(result: DemoResult, path: Path, *, folder: Any = None) -> None:
     """Grouped bars: robust accuracy per attack, one group per model."""
     from ..evaluate.plots import pyplot, save_png
 
@@ -289,4 +302,4 @@ def plot_demo(result: DemoResult, path: Path) -> None:
     ax.set_title(f"robustode demo: digits, L∞ ε = {EPS}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path, dpi=110)
+    save_png(fig, path, dpi=110, folder=folder)

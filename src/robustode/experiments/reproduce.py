@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..io import write_bytes_atomic, write_json_atomic
+from ..errors import InputError
 from .paper_tables import PAPER_TABLES, Column, PaperTable, Row, sonet_t3_grids
 
 SCALES = ("smoke", "full")
@@ -102,7 +102,7 @@ def get_table(name: str) -> PaperTable:
     try:
         return PAPER_TABLES[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown table '{name}'; choose one of: {', '.join(list_tables())} "
             "(robustode reproduce --list)"
         ) from None
@@ -360,13 +360,12 @@ def reproduce(
     ``OUT/NAME/reproduce.json`` and ``reproduce.md``; rows already done are reused. A folder
     holding other results, or rows trained with other settings (another scale, say), is
     refused unless ``overwrite``, which retrains and re-evaluates every row."""
-    from ..outputs import refuse_other_kind
-    from ..train import train
+    from ..outputs import OutputFolder
     from ..train.run_folder import refuse_changed_runs
 
     table = get_table(name)
     if scale not in SCALES:
-        raise ValueError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+        raise InputError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
     chosen = SMOKE if scale == "smoke" else FULL
     log = log or (lambda text: print(text, file=stream or sys.stderr, flush=True))
     folder = Path(out_dir) / table.name
@@ -374,11 +373,22 @@ def reproduce(
     configs = [train_config(table, row, chosen, data_dir=data_dir, device=device) for row in rows]
     # before anything is trained: a resume would refuse a row of other settings only when it
     # reached it, without saying how to start over
-    refuse_other_kind(folder, "reproduce", overwrite=overwrite)
-    if not overwrite:
-        slugs = [slug(row.label) for row in rows]
-        refuse_changed_runs(folder, dict(zip(slugs, configs, strict=True)), "rows")
-    folder.mkdir(parents=True, exist_ok=True)
+    claim = OutputFolder(folder, "reproduce", overwrite=overwrite).claim()
+    try:
+        if not overwrite:
+            slugs = [slug(row.label) for row in rows]
+            refuse_changed_runs(folder, dict(zip(slugs, configs, strict=True)), "rows")
+        return _reproduce_rows(
+            claim, table, chosen, rows, configs, batch_size, device, overwrite, log
+        )
+    finally:
+        claim.release()
+
+
+def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, overwrite, log):
+    from ..train import train
+
+    folder = claim.root
     start = time.perf_counter()
     results: list[RowResult] = []
     for i, (row, config) in enumerate(zip(rows, configs, strict=True), 1):
@@ -401,8 +411,8 @@ def reproduce(
             )
         )
     result = ReproduceResult(table, chosen, results, folder, time.perf_counter() - start)
-    write_json_atomic(result.to_dict(), folder / "reproduce.json")
-    write_bytes_atomic((format_table(result) + "\n").encode(), folder / "reproduce.md")
+    claim.write_json("reproduce.json", result.to_dict())
+    claim.write_text("reproduce.md", format_table(result) + "\n")
     return result
 
 

@@ -14,12 +14,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..io import write_json_atomic
+from ..errors import InputError
 from ..nn import SkewConvField, channel_copy
 from ..ode import odeint
+
+# beyond this a solve of the default tolerance runs for many minutes (t0 = 1e308 ran 885 s
+# before its step budget stopped it) and says nothing the table's range does not
+MAX_T0 = 10_000.0
+STABILITY_FILE = "stability.json"
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,18 @@ class StabilitySettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.t0s or any(t <= 0 for t in self.t0s):
-            raise ValueError("t0s must be positive integration times")
+        if not self.t0s or any(not (0 < t <= MAX_T0) for t in self.t0s):
+            raise InputError(
+                f"t0s must be integration times in (0, {MAX_T0:g}], got {list(self.t0s)}"
+            )
         if self.gamma < 0:
-            raise ValueError(f"gamma must be ≥ 0, got {self.gamma}")
+            raise InputError(f"gamma must be ≥ 0, got {self.gamma}")
         if not (self.delta > 0 and self.tol > 0):  # NaN fails too
-            raise ValueError(
+            raise InputError(
                 f"delta and tol must be numbers > 0, got delta={self.delta!r}, tol={self.tol!r}"
             )
         if min(self.channels, self.size, self.batch) < 1:
-            raise ValueError("channels, size and batch must be ≥ 1")
+            raise InputError("channels, size and batch must be ≥ 1")
 
 
 @dataclass
@@ -73,6 +81,7 @@ class StabilityResult:
     def to_dict(self) -> dict:
         return {
             "experiment": "sonet-theorem-3.1-stability-radius",
+            "fingerprint": stability_fingerprint(self.settings),
             "settings": asdict(self.settings),
             "solver": self.solver,
             "rows": self.rows(),
@@ -108,9 +117,43 @@ def _max_output_distance(field: SkewConvField, x, x2, t, s: StabilitySettings) -
     return dist.max(dim=1).values.tolist()
 
 
-def run_stability(settings: StabilitySettings | None = None) -> StabilityResult:
-    """Measure skew vs unconstrained output distance at every t0 (float64, CPU)."""
+def stability_fingerprint(settings: StabilitySettings) -> dict:
+    """What the table depends on: its settings (as JSON gives them back) and the versions."""
+    import json
+
+    from ..fingerprint import versions
+
+    return {"settings": json.loads(json.dumps(asdict(settings))), "versions": versions()}
+
+
+def run_stability(
+    settings: StabilitySettings | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> StabilityResult:
+    """Measure skew vs unconstrained output distance at every t0 (float64, CPU). With
+    ``out_dir`` the folder is claimed first (a table of other settings there is refused
+    unless ``overwrite``) and the result is written there as ``stability.json``."""
     s = settings or StabilitySettings()
+    announce = progress or (lambda line: None)
+    if out_dir is None:
+        announce(f"integrating skew and unconstrained blocks to t0 = {list(s.t0s)} ...")
+        return _measure(s)
+    from ..outputs import OutputFolder
+
+    with OutputFolder(out_dir, "stability", overwrite=overwrite) as folder:
+        folder.refuse_other_settings(
+            STABILITY_FILE, stability_fingerprint(s), what="a stability table"
+        )
+        announce(f"integrating skew and unconstrained blocks to t0 = {list(s.t0s)} ...")
+        result = _measure(s)
+        folder.write_json(STABILITY_FILE, result.to_dict())
+    return result
+
+
+def _measure(s: StabilitySettings) -> StabilityResult:
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(s.seed)
     dtype = torch.float64
@@ -140,8 +183,3 @@ def run_stability(settings: StabilitySettings | None = None) -> StabilityResult:
         seconds=time.perf_counter() - start,
         solver=f"{s.method} rtol=atol={s.tol:g}, float64",
     )
-
-
-def write_json(result: StabilityResult, path: Path) -> None:
-    """Write atomically: a crash never leaves a half-written result."""
-    write_json_atomic(result.to_dict(), path)

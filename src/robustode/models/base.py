@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
 from ..nn import ODEBlock
 from ..nn.ode_block import named_ode_blocks
 from ..nn.perturbation import PerturbationFn, perturbation_points, perturbed
@@ -46,7 +47,7 @@ class RobustModel(nn.Module):
         name of the perturbation point at its output.
         """
         if blocks_per_stage < 1:
-            raise ValueError(f"blocks per stage must be ≥ 1, got {blocks_per_stage}")
+            raise InputError(f"blocks per stage must be ≥ 1, got {blocks_per_stage}")
         channels = in_channels
         for stage, (width, stride) in enumerate(stages, start=1):
             blocks = []
@@ -71,7 +72,7 @@ class RobustModel(nn.Module):
         """Change every ODE block's solver, e.g. ``set_solver(method="rk4", step_size=0.25)``."""
         blocks = list(self.ode_blocks())
         if not blocks:
-            raise ValueError(f"{type(self).__name__} has no ODE blocks; it has no solver to set")
+            raise InputError(f"{type(self).__name__} has no ODE blocks; it has no solver to set")
         solvers = [block.solver.replace(**changes) for block in blocks]  # validate all first
         for block, solver in zip(blocks, solvers, strict=True):
             block.solver = solver

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..nn import ChannelCopy, NeuralODEBlock, group_norm
 from ..nn.normalize import NormalizeSpec, make_normalize
 from ..nn.perturbation import PointAfter
@@ -36,7 +37,7 @@ class ODENet(RobustModel):
     ) -> None:
         super().__init__()
         if num_blocks < 1:
-            raise ValueError(f"num_blocks must be ≥ 1, got {num_blocks}")
+            raise InputError(f"num_blocks must be ≥ 1, got {num_blocks}")
         solver = solver_config(options or {})
         self.normalize = make_normalize(normalize, in_channels)
         self.copy = ChannelCopy(width)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..nn.damping import ResidualDamping
 from ..nn.normalize import NormalizeSpec, make_normalize
 from ..nn.perturbation import PerturbationPoint
@@ -65,7 +66,7 @@ class PreActResNet(RobustModel):
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"pre-activation ResNet depth must be 6n + 2 with n ≥ 1, got {depth}")
+            raise InputError(f"pre-activation ResNet depth must be 6n + 2 with n ≥ 1, got {depth}")
         per_stage = (depth - 2) // 6
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)

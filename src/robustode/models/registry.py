@@ -18,12 +18,19 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError, ResourceError, spell
 from ..nn.ode_block import name_ode_blocks
 from .base import RobustModel
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(InputError):
     """An unknown model name, an unknown option, or an option value a model cannot take."""
+
+
+# The most parameters create_model builds unless told otherwise (max_parameters=): a config
+# from an untrusted file cannot make it allocate more. WRN-34-10, the largest model of the
+# papers, has 46 M.
+MAX_PARAMETERS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,31 @@ _NUMERIC_OPTIONS: dict[str, tuple[bool, float, bool]] = {
 }
 
 
+# Upper bounds of the options that set a model's size: far beyond any real network, and
+# checked before anything is built, so a crafted config (a checkpoint header naming
+# blocks_per_stage=100000) is one line instead of minutes of building.
+_UPPER_BOUNDS: dict[str, int] = {
+    "num_classes": 100_000,
+    "in_channels": 64,
+    "width": 16_384,
+    "blocks_per_stage": 1_000,
+    "num_blocks": 1_000,
+    "depth": 10_000,
+    "widen_factor": 1_000,
+    "max_num_steps": 100_000_000,
+}
+
+
 def _check_numbers(options: dict[str, Any]) -> None:
     for key, value in options.items():
+        high = _UPPER_BOUNDS.get(key)
+        if (
+            high is not None
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > high
+        ):
+            raise ModelConfigError(f"{key} must be at most {high:,}, got {value!r}")
         if key not in _NUMERIC_OPTIONS or (key == "step_size" and value is None):
             continue
         integer, low, inclusive = _NUMERIC_OPTIONS[key]
@@ -117,8 +147,21 @@ def _check_numbers(options: dict[str, Any]) -> None:
             raise ModelConfigError(f"{key} must be {what}, got {value!r}")
 
 
+def _on_meta_device() -> bool:
+    return torch.empty(0).device.type == "meta"
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def create_model(
-    name: str | None = None, /, *, seed: int | None = None, **options: Any
+    name: str | None = None,
+    /,
+    *,
+    seed: int | None = None,
+    max_parameters: int | None = None,
+    **options: Any,
 ) -> RobustModel:
     """Build the model registered as ``name`` (see ``list_models()``) with ``options``.
 
@@ -133,7 +176,9 @@ def create_model(
 
     ``name`` may also come as a keyword, so ``create_model(**model.model_config)``
     rebuilds a model. ``seed`` builds the weights under ``torch.manual_seed(seed)`` without
-    disturbing the caller's random state.
+    disturbing the caller's random state. The model is first built on the meta device (no
+    memory) and refused when it has more than ``max_parameters`` parameters (default
+    :data:`MAX_PARAMETERS`).
     """
     if name is None:  # create_model(**model.model_config): the name travels as a key
         if "name" not in options:
@@ -152,14 +197,25 @@ def create_model(
     _check_numbers(options)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ModelConfigError(f"seed must be an integer, got {seed!r}")
+    limit = MAX_PARAMETERS if max_parameters is None else max_parameters
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ModelConfigError(f"max_parameters must be a positive integer, got {limit!r}")
     try:
+        if not _on_meta_device():
+            with torch.device("meta"):
+                count = parameter_count(entry.builder(**options))
+            if count > limit:
+                raise ResourceError(
+                    f"model '{name}' with these options has {count:,} parameters, more than "
+                    f"the limit of {limit:,}; pass {spell('max_parameters')} to build it anyway"
+                )
         if seed is None:
             model = entry.builder(**options)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = entry.builder(**options)
-    except ModelConfigError:
+    except (ModelConfigError, ResourceError):
         raise
     except (ValueError, TypeError) as err:
         raise ModelConfigError(f"model '{name}': {err}") from None

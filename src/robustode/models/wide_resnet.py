@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..nn import SkewConvODE
 from ..nn.normalize import NormalizeSpec, make_normalize
 from ..nn.perturbation import PerturbationPoint
@@ -98,15 +99,15 @@ class WideResNet(RobustModel):
     ) -> None:
         super().__init__()
         if block_style not in BLOCK_STYLES:
-            raise ValueError(
+            raise InputError(
                 f"unknown block_style '{block_style}'; choose one of: {', '.join(BLOCK_STYLES)}"
             )
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n + 4 with n ≥ 1, got {depth}")
+            raise InputError(f"WideResNet depth must be 6n + 4 with n ≥ 1, got {depth}")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be ≥ 1, got {widen_factor}")
+            raise InputError(f"widen_factor must be ≥ 1, got {widen_factor}")
         if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
         per_stage = (depth - 4) // 6
         self.normalize = make_normalize(normalize, in_channels)
         self.stem = stem or nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)

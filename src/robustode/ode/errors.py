@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import RobustodeError
 
-class SolverError(RuntimeError):
+
+class SolverError(RobustodeError, RuntimeError):
     """The solver could not finish: step budget exceeded, step-size underflow,
     or non-finite values in the state. The message names the method, the
     tolerances and the time reached."""

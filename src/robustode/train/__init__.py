@@ -3,9 +3,26 @@
 See docs/training.md for the run folder, the resume contract and DDP.
 """
 
-from .checkpoint import Checkpoint, CheckpointError, find_checkpoint, load_model, read_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    find_checkpoint,
+    list_checkpoints,
+    load_model,
+    read_checkpoint,
+    read_weights,
+    select_checkpoint,
+)
 from .config import PRESETS, ConfigError, TrainConfig, build_config, read_config_file
-from .loop import TrainingError, TrainSummary, build_model, epoch_seed, evaluate, train
+from .loop import (
+    TrainingError,
+    TrainingStopped,
+    TrainSummary,
+    build_model,
+    epoch_seed,
+    evaluate,
+    train,
+)
 from .run_folder import RESUMABLE, read_metrics, read_run_config
 from .schedule import PiecewiseSchedule, make_optimizer
 
@@ -19,16 +36,20 @@ __all__ = [
     "TrainConfig",
     "TrainSummary",
     "TrainingError",
+    "TrainingStopped",
     "build_config",
     "build_model",
     "epoch_seed",
     "evaluate",
     "find_checkpoint",
+    "list_checkpoints",
     "load_model",
     "make_optimizer",
     "read_checkpoint",
     "read_config_file",
     "read_metrics",
     "read_run_config",
+    "read_weights",
+    "select_checkpoint",
     "train",
 ]

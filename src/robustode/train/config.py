@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A training setting that is unknown, of the wrong type or out of range."""
 
 

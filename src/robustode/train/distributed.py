@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import InputError, RobustodeError
+
 
 @dataclass
 class DistContext:
@@ -59,6 +61,32 @@ class DistContext:
         dist.all_reduce(failed)
         return int(failed.item()) == 0
 
+    def flags_any(self, *flags: bool) -> list[bool]:
+        """For each flag, whether it is set on any rank (one small all-reduce under DDP)."""
+        if not self.distributed:
+            return [bool(f) for f in flags]
+        values = torch.tensor([1 if f else 0 for f in flags], device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in values.tolist()]
+
+    def on_main(self, fn: Any) -> Any:
+        """``fn()`` on rank 0 alone; a user error it raises is raised on every rank (the
+        others would otherwise wait at the next collective forever). Returns fn's value on
+        rank 0, None elsewhere."""
+        error: RobustodeError | None = None
+        value = None
+        if self.is_main:
+            try:
+                value = fn()
+            except RobustodeError as exc:
+                error = exc
+        shared = self.all_gather(None if error is None else (type(error).__name__, str(error)))
+        if error is not None:
+            raise error
+        if shared[0] is not None:
+            raise InputError(shared[0][1])
+        return value
+
     def teardown(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -76,14 +104,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
+            raise InputError(f"device {name!r} asked for, but this machine has no CUDA device")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs)")
+            raise InputError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs)")
     return device
 
 

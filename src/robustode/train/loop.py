@@ -21,6 +21,13 @@ Because nothing carries from one epoch to the next but the weights, the
 optimiser state and the epoch number — all in the checkpoint — a resumed run
 computes bitwise what an uninterrupted one does (on the same device).
 
+Ctrl-C, SIGTERM and SIGHUP (a cluster's pre-emption) stop the run at the end
+of the current step: a checkpoint of that point — weights, optimiser, every
+rank's random state and the epoch's running sums — is written, and
+:class:`TrainingStopped` says how to continue. The continued run is bitwise
+the uninterrupted one too. The run folder is claimed for the whole run
+(:class:`~robustode.outputs.OutputFolder`): a second process is refused.
+
 The trainer does not know which defense it runs. It reads two conventions
 from the defense's stats: keys ending in ``_correct`` are counts, summed over
 the epoch and reported divided by the number of training images as
@@ -46,9 +53,11 @@ from torch import nn
 
 from ..data import DeviceLoader, ImageDataset, load_dataset
 from ..defenses import create_defense
-from ..io import write_json_atomic
+from ..errors import RobustodeError, on_command_line, spell
 from ..models import create_model
 from ..models.registry import model_entry
+from ..outputs import OutputFolder
+from ..signals import StopRequest, signal_name
 from . import distributed
 from .checkpoint import (
     CHECKPOINT_DIR,
@@ -63,18 +72,31 @@ from .progress import Progress
 from .run_folder import (
     SUMMARY,
     append_metrics,
-    check_run_dir,
     clear_run,
     read_metrics,
     read_run_config,
+    start_mode,
     truncate_metrics,
     write_config,
 )
 from .schedule import PiecewiseSchedule, make_optimizer
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RobustodeError, RuntimeError):
     """Training cannot go on: the loss stopped being finite."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A stop signal ended the run at a step boundary; a checkpoint of that point is kept."""
+
+    def __init__(self, message: str, run_dir: Path, signum: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_dir = run_dir
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _last_good(run_dir: Path, checkpoint: Path | None) -> str:
@@ -156,6 +178,7 @@ def build_model(config: TrainConfig, data: ImageDataset) -> nn.Module:
         json.dumps(model.model_config)
     except (TypeError, ValueError):
         raise ConfigError(f"model options must be JSON values, got {model.model_config}") from None
+    model.input_shape = tuple(int(v) for v in data.image_shape)
     return model
 
 
@@ -253,6 +276,30 @@ class _EpochSums:
         self.nfe_forward += nfe[0]
         self.nfe_backward += nfe[1]
 
+    def state(self) -> dict[str, Any]:
+        """JSON values (floats round-trip exactly) to continue the epoch after a stop."""
+        return {
+            "samples": self.samples,
+            "batches": self.batches,
+            "loss": self.loss,
+            "weighted": dict(self.weighted),
+            "counts": dict(self.counts),
+            "nfe_forward": self.nfe_forward,
+            "nfe_backward": self.nfe_backward,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _EpochSums:
+        sums = cls()
+        sums.samples = int(state["samples"])
+        sums.batches = int(state["batches"])
+        sums.loss = float(state["loss"])
+        sums.weighted.update({k: float(v) for k, v in state["weighted"].items()})
+        sums.counts.update({k: float(v) for k, v in state["counts"].items()})
+        sums.nfe_forward = int(state["nfe_forward"])
+        sums.nfe_backward = int(state["nfe_backward"])
+        return sums
+
     def reduce(self, ctx: DistContext) -> dict[str, Any]:
         parts = ctx.all_gather(
             (
@@ -339,15 +386,22 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    checkpoint: str | int = "latest",
 ) -> TrainSummary:
     """Train ``config`` into ``run_dir``; return what was done.
 
-    ``resume`` continues the run in ``run_dir`` from its latest checkpoint
-    (``config`` None: the stored one; else it may differ only in the fields
-    :data:`~robustode.train.run_folder.RESUMABLE` lists, e.g. more epochs).
-    ``overwrite`` deletes a previous run's files in ``run_dir`` first; without
-    either, a folder that holds a run is refused. ``progress``: a tqdm bar
-    (True), one line per epoch (False), or a bar only on a terminal (None).
+    A folder holding the same run (same config) goes on where it stopped — a
+    finished one has nothing to do — as a rerun of a finished evaluation does.
+    ``resume`` continues the run in ``run_dir`` from its checkpoint ``checkpoint``
+    (``latest``, or ``epoch-N`` to go back to an earlier one) with ``config`` None
+    (the stored one) or a config that differs only in the fields
+    :data:`~robustode.train.run_folder.RESUMABLE` lists (e.g. more epochs).
+    ``overwrite`` deletes a previous run's files (robustode's only) first; a folder
+    holding another run is otherwise refused. ``progress``: a tqdm bar (True), one line
+    per epoch (False), or a bar only on a terminal (None).
+
+    Ctrl-C, SIGTERM and SIGHUP stop the run at the end of the current step with a
+    checkpoint of that point, and raise :class:`TrainingStopped`.
 
     Under ``torchrun`` (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes.
     Everything that can be refused — the config, the model and defense
@@ -359,33 +413,63 @@ def train(
             raise ConfigError("train needs a config unless it resumes a run")
         config = read_run_config(run_dir)
     ctx = distributed.setup(config.device)
+    folder = OutputFolder(
+        run_dir, "train", overwrite=overwrite, lock=ctx.is_main, out_option="run_dir"
+    )
     try:
-        return _train(config, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress)
+        with StopRequest() as stop:
+            return _train(
+                config,
+                folder,
+                ctx,
+                stop,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                which=checkpoint,
+            )
     finally:
+        folder.release()
         ctx.teardown()
+
+
+def _resume_hint(run_dir: Path) -> str:
+    if on_command_line():
+        return f"robustode train --resume {run_dir}"
+    return f"train(None, {str(run_dir)!r}, resume=True)"
 
 
 def _train(
     config: TrainConfig,
-    run_dir: Path,
+    folder: OutputFolder,
     ctx: DistContext,
+    stop: StopRequest,
     *,
     resume: bool,
     overwrite: bool,
     progress: bool | None,
+    which: str | int,
 ) -> TrainSummary:
     started = time.perf_counter()
+    run_dir = folder.root
     device = ctx.device
     _check_device_options(config, ctx)
     train_set, test_set = _load_data(config, ctx)
     model = build_model(config, train_set)
     defense = create_defense(config.defense, **config.defense_options)
-    check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+
+    def claim() -> str:
+        folder.claim()
+        return start_mode(folder, config, resume=resume, overwrite=overwrite)
+
+    mode = ctx.all_gather(ctx.on_main(claim))[0]
+    if not ctx.is_main:
+        folder.claim()
     show = Progress(config.epochs, enabled=ctx.is_main, bar=progress)
 
     checkpoint: Checkpoint | None = None
-    if resume:
-        checkpoint = find_checkpoint(run_dir / CHECKPOINT_DIR, log=show.log)
+    if mode == "continue":
+        checkpoint = find_checkpoint(run_dir / CHECKPOINT_DIR, log=show.log, which=which)
         if checkpoint is None:
             show.log(f"{run_dir} has no checkpoint yet; starting from epoch 1")
         elif checkpoint.epoch > config.epochs:
@@ -398,6 +482,26 @@ def _train(
                 f"{model.model_config}"
             )
     start_epoch = checkpoint.epoch if checkpoint is not None else 0
+    position = checkpoint.position if checkpoint is not None else None
+    if checkpoint is not None and position is None and start_epoch == config.epochs:
+        # a finished run: nothing to train and nothing to write
+        show.close()
+        return TrainSummary(
+            run_dir=run_dir,
+            epochs=config.epochs,
+            start_epoch=start_epoch,
+            final=(read_metrics(run_dir) or [None])[-1],
+            checkpoint=checkpoint.path,
+            seconds=time.perf_counter() - started,
+            world_size=ctx.world_size,
+            device=str(device),
+        )
+    if position is not None and int(position.get("world_size", 1)) != ctx.world_size:
+        raise ConfigError(
+            f"{run_dir} was stopped inside epoch {start_epoch + 1} by a run of "
+            f"{position.get('world_size')} process(es); continue it with as many, or go back "
+            f"to a complete epoch with {spell('checkpoint')}"
+        )
 
     if config.sync_batchnorm and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -415,8 +519,13 @@ def _train(
             schedule.check_state(checkpoint.schedule_state)
         if scaler is not None and checkpoint.scaler_state:
             scaler.load_state_dict(checkpoint.scaler_state)
-        _set_rng_state(checkpoint.rng_state)
-        show.log(f"resuming {run_dir} after epoch {checkpoint.epoch} ({checkpoint.path.name})")
+        _set_rng_state(_rank_rng(checkpoint.rng_state, ctx.rank))
+        where = (
+            f"after epoch {checkpoint.epoch}"
+            if position is None
+            else f"inside epoch {checkpoint.epoch + 1}, after step {position['step']}"
+        )
+        show.log(f"resuming {run_dir} {where} ({checkpoint.path.name})")
 
     augment = config.augment if config.augment is not None else config.data.startswith("cifar")
     drop_last = config.drop_last or ctx.distributed  # equal shares for every rank under DDP
@@ -454,12 +563,11 @@ def _train(
     # -- past this point files change (rank 0 only), once every rank has checked them
     ctx.barrier()
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            clear_run(run_dir)
-        write_config(run_dir, config)
-        if resume:
-            truncate_metrics(run_dir, start_epoch)
+            clear_run(folder)
+        write_config(folder, config)
+        if checkpoint is not None:
+            truncate_metrics(folder, start_epoch)
     ctx.barrier()
 
     net = distributed.wrap(model, ctx)
@@ -471,6 +579,20 @@ def _train(
         if amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=amp_dtype)
+
+    def snapshot(epoch: int, position: dict[str, Any] | None, rng: dict[str, torch.Tensor]):
+        return Checkpoint(
+            epoch=epoch,
+            model_state=model.state_dict(),
+            model_config=model.model_config,
+            config=config.to_dict(),
+            optimizer_state=optimizer.state_dict(),
+            schedule_state=schedule.state_dict(),
+            scaler_state=scaler.state_dict() if scaler is not None else None,
+            rng_state=rng,
+            input_shape=model.input_shape,
+            position=position,
+        )
 
     nfe = _NFECounter(model)
     # A skipped step must leave no trace, but its forward pass has already moved the
@@ -489,10 +611,22 @@ def _train(
             net.train()
             sums = _EpochSums()
             skipped = 0
+            first_step, seconds_before, continued = 0, 0.0, position is not None
+            if position is not None:  # continue the epoch a stop signal ended
+                mine = position["ranks"][ctx.rank]
+                sums = _EpochSums.from_state(mine["sums"])
+                skipped = int(mine["skipped"])
+                first_step = int(position["step"])
+                seconds_before = float(position["train_seconds"])
+                _set_rng_state(_rank_rng(checkpoint.rng_state, ctx.rank))
+                position = None
             show.start_epoch(epoch, steps)
             for step, (x, y) in enumerate(loader):
                 if step >= steps:
                     break
+                if step < first_step:
+                    show.step(float("nan"))
+                    continue
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
@@ -513,24 +647,38 @@ def _train(
                                 buffer.copy_(copy)
                         skipped += 1
                         show.step(loss_value)
-                        continue
-                    bad = next(v for v in ctx.all_gather(loss_value) if not math.isfinite(v))
-                    raise TrainingError(
-                        f"the loss is {bad} at epoch {epoch}, step {step + 1}; training "
-                        f"stopped and {_last_good(run_dir, last_checkpoint)} (nonfinite_loss "
-                        "= 'skip' would skip such steps)"
-                    )
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    else:
+                        bad = next(v for v in ctx.all_gather(loss_value) if not math.isfinite(v))
+                        raise TrainingError(
+                            f"the loss is {bad} at epoch {epoch}, step {step + 1}; training "
+                            f"stopped and {_last_good(run_dir, last_checkpoint)} "
+                            f"({spell('nonfinite_loss')} would skip such steps)"
+                        )
                 else:
-                    loss.backward()
-                    optimizer.step()
-                nfe.active = False
-                sums.add(len(y), loss_value, stats, nfe.take())
-                show.step(loss_value)
-            train_seconds = time.perf_counter() - epoch_start
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    nfe.active = False
+                    sums.add(len(y), loss_value, stats, nfe.take())
+                    show.step(loss_value)
+                done = step + 1
+                if done < steps and ctx.flags_any(stop.requested)[0]:
+                    seconds = seconds_before + time.perf_counter() - epoch_start
+                    last_checkpoint = _save_stopped(
+                        folder, ctx, snapshot, epoch, done, sums, skipped, seconds
+                    )
+                    raise TrainingStopped(
+                        f"training stopped by {signal_name(stop.signal)} inside epoch {epoch} "
+                        f"after step {done} of {steps}; a checkpoint of that point is in "
+                        f"{last_checkpoint.parent}; continue with: {_resume_hint(run_dir)}",
+                        run_dir,
+                        stop.signal,
+                    )
+            train_seconds = seconds_before + time.perf_counter() - epoch_start
             if sums.batches == 0:  # every step skipped: nothing was learnt, nothing to log
                 raise TrainingError(
                     f"the loss was not finite at any of the {skipped} steps of epoch {epoch}; "
@@ -551,26 +699,31 @@ def _train(
             record["test_acc"] = test_acc
             record["test_loss"] = test_loss
             record["train_seconds"] = train_seconds
-            record["seconds"] = time.perf_counter() - epoch_start
+            record["seconds"] = seconds_before + time.perf_counter() - epoch_start
+            stopping = epoch < config.epochs and ctx.flags_any(stop.requested)[0]
             if ctx.is_main:
-                append_metrics(run_dir, record)
-                if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+                append_metrics(folder, record)
+                # a continued epoch always ends in a checkpoint: the stopped one is then done
+                due = epoch % config.checkpoint_every == 0 or epoch == config.epochs
+                if due or stopping or continued:
                     last_checkpoint = save_checkpoint(
                         run_dir / CHECKPOINT_DIR,
-                        Checkpoint(
-                            epoch=epoch,
-                            model_state=model.state_dict(),
-                            model_config=model.model_config,
-                            config=config.to_dict(),
-                            optimizer_state=optimizer.state_dict(),
-                            schedule_state=schedule.state_dict(),
-                            scaler_state=scaler.state_dict() if scaler is not None else None,
-                            rng_state=_rng_state(),
-                        ),
+                        snapshot(epoch, None, _rng_state()),
+                        writer=folder,
                     )
-                    prune_checkpoints(run_dir / CHECKPOINT_DIR, config.keep_checkpoints)
+                    prune_checkpoints(
+                        run_dir / CHECKPOINT_DIR, config.keep_checkpoints, writer=folder
+                    )
             records.append(record)
             show.end_epoch(record)
+            if stopping:
+                raise TrainingStopped(
+                    f"training stopped by {signal_name(stop.signal)} after epoch {epoch} of "
+                    f"{config.epochs}; its checkpoint is kept; continue with: "
+                    f"{_resume_hint(run_dir)}",
+                    run_dir,
+                    stop.signal,
+                )
     finally:
         show.close()
         nfe.remove()
@@ -588,6 +741,44 @@ def _train(
         device=str(device),
     )
     if ctx.is_main:
-        write_json_atomic(summary.to_dict(), run_dir / SUMMARY)
+        folder.write_json(SUMMARY, summary.to_dict())
     ctx.barrier()
     return summary
+
+
+def _rank_rng(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """A rank's random state from a checkpoint: its own (``rank.R.*``) where a stop saved
+    every rank's, else the one state rank 0 saved."""
+    prefix = f"rank{rank}."
+    mine = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return mine or {k: v for k, v in state.items() if not k.startswith("rank")}
+
+
+def _save_stopped(
+    folder: OutputFolder,
+    ctx: DistContext,
+    snapshot: Any,
+    epoch: int,
+    step: int,
+    sums: _EpochSums,
+    skipped: int,
+    seconds: float,
+) -> Path:
+    """Write the checkpoint of a run stopped inside ``epoch`` after ``step`` steps: every
+    rank's running sums and random state, so the continued epoch is bitwise the same."""
+    ranks = ctx.all_gather(
+        ({"sums": sums.state(), "skipped": skipped}, {k: v.cpu() for k, v in _rng_state().items()})
+    )
+    rng = {f"rank{r}.{k}": v for r, (_, state) in enumerate(ranks) for k, v in state.items()}
+    position = {
+        "step": step,
+        "world_size": ctx.world_size,
+        "train_seconds": seconds,
+        "ranks": [info for info, _ in ranks],
+    }
+    path = folder.root / CHECKPOINT_DIR
+    written = None
+    if ctx.is_main:
+        written = save_checkpoint(path, snapshot(epoch - 1, position, rng), writer=folder)
+    ctx.barrier()
+    return written or path

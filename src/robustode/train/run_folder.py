@@ -1,21 +1,24 @@
 """A run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``summary.json``.
 
-A folder that already holds a run is never overwritten by accident: starting
-a run there needs ``resume`` (continue it, same config) or ``overwrite``
-(delete that run's files — only those — and start over).
+A run folder is claimed through :class:`~robustode.outputs.OutputFolder` for the
+whole run: one process at a time, and only the files robustode wrote there are
+ever replaced or deleted. A folder that already holds a run is never
+overwritten by accident: the same config goes on where it stopped (as a rerun
+of a finished evaluation does); another config needs ``resume`` (continue
+it, changing only what :data:`RESUMABLE` lists) or ``overwrite`` (delete that
+run's files — only robustode's — and start over).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ..io import write_bytes_atomic, write_json_atomic
-from ..outputs import refuse_other_kind
-from .checkpoint import CHECKPOINT_DIR, LATEST
+from ..errors import FolderError, InputError, spell
+from ..io import read_json_limited, read_text_limited
+from ..outputs import OutputFolder
+from .checkpoint import CHECKPOINT_DIR
 from .config import ConfigError, TrainConfig, field_names
 
 CONFIG = "config.json"
@@ -49,8 +52,8 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     if not path.exists():
         raise ConfigError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
     try:
-        values = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        values = read_json_limited(path, what="run config")
+    except InputError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
         return TrainConfig.from_dict(values)
@@ -76,26 +79,27 @@ def resume_conflicts(run_dir: Path, config: TrainConfig) -> list[str]:
 
 
 def refuse_changed_runs(folder: Path, runs: dict[str, TrainConfig], held: str) -> None:
-    """Before a command that trains several runs under ``folder`` starts: a ``ValueError``
+    """Before a command that trains several runs under ``folder`` starts: a ``FolderError``
     when one of them (``runs``: sub-folder name → config) already holds a run of other
     settings, which a resume would refuse only once it got there. ``held`` names what the
     folder holds ("a demo", "rows")."""
     for name, config in runs.items():
         changed = resume_conflicts(folder / name, config)
         if changed:
-            raise ValueError(
+            raise FolderError(
                 f"{folder} holds {held} of other settings ({name} differs in "
-                f"{', '.join(changed)}); pass --overwrite to redo it, or --out for another "
-                "folder"
+                f"{', '.join(changed)}); pass {spell('overwrite')} to redo it, or choose "
+                f"another folder with {spell('out')}"
             )
 
 
-def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is written, a start that would lose or mix up a run."""
+def start_mode(folder: OutputFolder, config: TrainConfig, *, resume: bool, overwrite: bool) -> str:
+    """How a run starts in the claimed ``folder``: ``"new"`` (nothing there, or
+    ``overwrite``), or ``"continue"`` (``resume``, or the same config again). Refuses, before
+    anything is written, a start that would lose or mix up a run."""
+    run_dir = folder.root
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run folder {run_dir} is a file")
     if resume:
         stored = read_run_config(run_dir)
         changed = [n for n in differences(stored, config) if n not in RESUMABLE]
@@ -104,57 +108,45 @@ def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite
                 f"cannot resume {run_dir} with a changed {', '.join(changed)}; a resumed run "
                 f"may change only: {', '.join(RESUMABLE)}"
             )
-        return
-    # a folder holding an evaluation, an audit, … is not a run folder to start in
-    try:
-        refuse_other_kind(run_dir, "train", overwrite=overwrite, out_flag="--run-dir")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        return "continue"
     if overwrite or not holds_run(run_dir):
-        return
+        return "new"
     try:
         stored = read_run_config(run_dir)
     except ConfigError:
         stored = None
     if stored is not None and not differences(stored, config):
-        what = "this run already (same config)"
-    elif stored is not None:
-        what = f"a different run (it differs in {', '.join(differences(stored, config))})"
-    else:
-        what = "a run"
+        return "continue"  # the same command again goes on where the run stopped
+    what = (
+        f"a different run (it differs in {', '.join(differences(stored, config))})"
+        if stored is not None
+        else "a run whose config cannot be read"
+    )
     raise ConfigError(
-        f"{run_dir} holds {what}; pass --resume to continue it or --overwrite to start over"
+        f"{run_dir} holds {what}; pass {spell('resume')} to continue it (changing only "
+        f"{', '.join(RESUMABLE)}) or {spell('overwrite')} to start over"
     )
 
 
-def clear_run(run_dir: Path) -> None:
-    """Delete a previous run's files (and only those) from ``run_dir``."""
-    for name in (LATEST, SUMMARY, METRICS, CONFIG):
-        target = run_dir / CHECKPOINT_DIR / name if name == LATEST else run_dir / name
-        target.unlink(missing_ok=True)
-    folder = run_dir / CHECKPOINT_DIR
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name.startswith("epoch-") and path.suffix in (".json", ".safetensors", ".tmp"):
-                path.unlink()
-        with contextlib.suppress(OSError):  # something else lives there: leave it
-            folder.rmdir()
+def clear_run(folder: OutputFolder) -> None:
+    """Delete a previous run's files — only those robustode wrote — from the run folder."""
+    for name in (SUMMARY, METRICS, CONFIG):
+        folder.remove(name)
+    folder.remove_tree(CHECKPOINT_DIR)
 
 
-def write_config(run_dir: Path, config: TrainConfig) -> None:
-    write_json_atomic(config.to_dict(), run_dir / CONFIG)
+def write_config(folder: OutputFolder | Path, config: TrainConfig) -> None:
+    if isinstance(folder, OutputFolder):
+        folder.write_json(CONFIG, config.to_dict())
+    else:
+        from ..io import write_json_atomic
+
+        write_json_atomic(config.to_dict(), Path(folder) / CONFIG)
 
 
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+def append_metrics(folder: OutputFolder, record: dict[str, Any]) -> None:
     """Append one JSON line to ``metrics.jsonl`` and make it durable."""
-    path = run_dir / METRICS
-    try:
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    folder.append_line(METRICS, json.dumps(record))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -163,7 +155,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in read_text_limited(path, 1 << 30, what="metrics file").splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -171,10 +163,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_metrics(run_dir: Path, epoch: int) -> None:
+def truncate_metrics(folder: OutputFolder, epoch: int) -> None:
     """Keep the records of epochs ≤ ``epoch`` only (those a resumed run does not redo)."""
-    path = run_dir / METRICS
-    if not path.exists():
+    if not (folder.root / METRICS).exists():
         return
-    kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
-    write_bytes_atomic("".join(json.dumps(r) + "\n" for r in kept).encode(), path)
+    kept = [r for r in read_metrics(folder.root) if r.get("epoch", 0) <= epoch]
+    folder.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in kept))

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from .config import TrainConfig
 
 
@@ -38,7 +39,7 @@ class PiecewiseSchedule:
     def lr(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (1-based)."""
         if epoch < 1:
-            raise ValueError(f"epochs count from 1, got {epoch}")
+            raise InputError(f"epochs count from 1, got {epoch}")
         passed = sum(1 for m in self.milestones if m < epoch)
         return self.base_lr * self.factor**passed
 
@@ -60,7 +61,7 @@ class PiecewiseSchedule:
     def check_state(self, state: dict[str, Any]) -> None:
         """Refuse a checkpoint whose schedule is another one (a resume must not change it)."""
         if state != self.state_dict():
-            raise ValueError(
+            raise InputError(
                 f"the checkpoint's lr schedule {state} is not this run's {self.state_dict()}"
             )
 
