@@ -1,0 +1,111 @@
+"""Memory layouts for the convolutional vector fields on the CPU.
+
+A field evaluation is two convolutions and a few memory-bound passes
+(GroupNorm, activation). Which memory layout makes oneDNN's convolutions fast
+depends on the shape, and every layout change is a full copy, so the ODE
+blocks keep their state in the layout their convolutions want for the whole
+solve and convert back once, at the block's output. Measured on a 2-core AVX-512
+Xeon with torch 2.13, one thread, batch 128, width 32 (benchmarks/RESULTS.md,
+"Fast fields"):
+
+- NHWC (``channels_last``) convolutions take 0.4× the time of NCHW ones at
+  32×32 (oneDNN's NCHW path reorders every input and output into a blocked
+  layout), and 0.6× for the stride-2 4×4 blocks, whose transposed direction
+  has no fast NCHW kernel; at 16×16 and below both layouts run alike, and
+  NCHW's GroupNorm is the faster one there;
+- GroupNorm on NHWC tensors with very few channels (the 3-channel image state
+  of a stem) is 15× slower than on NCHW, so such small tensors stay NCHW and
+  only the convolution sees them as NHWC (a copy of a 3-channel image is cheap).
+
+Only the layout changes: the values are the same up to the rounding of a
+different summation order (tests/test_fast_fields.py bounds it). On other
+devices the fields keep PyTorch's default layout: nothing was measured there.
+
+The channels-last weight-gradient bug of oneDNN 3.12 that the trainer guards
+against (docs/training.md) is in strided 1×1 convolutions; the skew blocks'
+kernels are 3×3 and 4×4, and the blocks hand their output back in NCHW, so the
+ResNet shortcuts after an SOBlock stem never see a channels-last tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHANNELS_LAST = torch.channels_last
+CONTIGUOUS = torch.contiguous_format
+
+# Below this many channels a state tensor stays NCHW (GroupNorm's NHWC kernel
+# vectorises over channels).
+MIN_NHWC_CHANNELS = 16
+# From this many input pixels on, NHWC convolutions are the faster ones (32×32).
+MIN_NHWC_PIXELS = 32 * 32
+
+
+def conv_layout(device: torch.device, stride: int, height: int, width: int) -> torch.memory_format:
+    """The layout in which a field's convolutions on ``height × width`` inputs run."""
+    if device.type != "cpu":
+        return CONTIGUOUS
+    if stride > 1 or height * width >= MIN_NHWC_PIXELS:
+        return CHANNELS_LAST
+    return CONTIGUOUS
+
+
+def state_layout(conv: torch.memory_format, channels: int) -> torch.memory_format:
+    """The layout a state tensor of ``channels`` channels is kept in, given its convolutions'."""
+    if conv == CHANNELS_LAST and channels >= MIN_NHWC_CHANNELS:
+        return CHANNELS_LAST
+    return CONTIGUOUS
+
+
+def in_layout(v: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """``v`` in ``layout`` (no copy when it already is)."""
+    return v.contiguous(memory_format=layout)
+
+
+def is_channels_last(v: torch.Tensor) -> bool:
+    """Whether ``v`` is laid out NHWC (and not also NCHW, as a 1-channel or 1×1 tensor is)."""
+    return v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=CHANNELS_LAST)
+
+
+# Largest |mean| / std of a GroupNorm group that PyTorch's NHWC kernel normalises as
+# accurately as its NCHW one. The NHWC kernel takes the variance as E[x²] − E[x]²,
+# whose relative error grows as ε·(1 + mean²/var): at mean/std = 4 it is ~1e-6 in
+# float32 (the NCHW kernel accumulates Welford-style and stays at ~1e-7); at 100 it
+# is 3e-3 — the states of a block started from z(0) = 0 come there in their first steps.
+MEAN_OVER_STD_LIMIT = {torch.float64: 64.0}
+DEFAULT_MEAN_OVER_STD_LIMIT = 4.0
+
+
+def normalize(norm: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """``norm(v)``, as accurate on NHWC as on NCHW, and steering clear of a torch 2.13 crash.
+
+    On an NHWC ``v`` a GroupNorm runs PyTorch's NHWC kernel (no layout copy), unless
+
+    - the groups' means are large against their spread (see ``MEAN_OVER_STD_LIMIT``):
+      the mean and rstd that kernel returns tell, and the group norm is recomputed in
+      NCHW — the reference's kernel — and handed back in NHWC;
+    - ``v`` needs no gradient while GroupNorm's weight does (the first evaluation of
+      a stem, whose state is the image): torch 2.13's NHWC backward kernel then writes
+      an input gradient nobody allocated and the backward pass segfaults, so such an
+      input, a handful of evaluations per solve, is normalised in NCHW too.
+    """
+    if not (isinstance(norm, torch.nn.GroupNorm) and is_channels_last(v)):
+        return norm(v)
+    if (
+        torch.is_grad_enabled()
+        and not v.requires_grad
+        and any(p.requires_grad for p in norm.parameters())
+    ):
+        return _in_nchw(norm, v)
+    n, c, h, w = v.shape
+    y, mean, rstd = torch.ops.aten.native_group_norm(
+        v, norm.weight, norm.bias, n, c, h * w, norm.num_groups, norm.eps
+    )
+    limit = MEAN_OVER_STD_LIMIT.get(v.dtype, DEFAULT_MEAN_OVER_STD_LIMIT)
+    if float((mean * rstd).detach().abs().max()) > limit:
+        return _in_nchw(norm, v)
+    return y
+
+
+def _in_nchw(norm: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+    return in_layout(norm(v.contiguous()), CHANNELS_LAST)
