@@ -2,7 +2,9 @@
 against their convolutions alone, and what it does to training (issue 21).
 
 Three tables, every figure a ratio of times measured interleaved in one run
-(A B C A B C …, median of ``--repeats`` after a warm-up round):
+(A B C A B C …, median of ``--repeats`` after a warm-up round), of wall-clock
+time and, in parentheses, of this process's CPU time (steadier when the machine
+is shared: it leaves out the time spent waiting for a core):
 
 - **per block shape** (width w, batch B, 32×32 images): one evaluation of the
   field, forward and backward (gradients to both states and every parameter), for
@@ -14,13 +16,17 @@ Three tables, every figure a ratio of times measured interleaved in one run
   SOBlock (dopri5, tol 0.1) with fast and with reference fields, against ResNet10 at
   the same width and batch. Target: fast SOBlock ≤ 2.5 × ResNet10.
 - **SONet forward + backward**, fast fields against reference fields. Target:
-  ≥ 2× faster (ratio ≤ 0.5).
+  ≥ 2× faster (ratio ≤ 0.5). At batch 64 by default (``--sonet-batch``):
+  backpropagating through every solve holds 7.5 GB at batch 64 (benchmarks/
+  RESULTS.md, peak memory), twice that at 128 — more than a shared 23 GB machine
+  can spare; the work per image is the same.
 
 Fast and reference share their weights and must take the same steps: equal NFE of
 every ODE block is asserted, and the per-shape rows check that the two
 implementations' outputs agree.
 
-    python -m benchmarks.bench_fields [--quick] [--width 32] [--batch 128] [--json out.json]
+    python -m benchmarks.bench_fields [--quick] [--width 32] [--batch 128] [--sonet-batch 64]
+                                      [--only fields|training|sonet] [--json out.json]
 """
 
 from __future__ import annotations
@@ -201,7 +207,9 @@ def run_fields(width: int, batch: int, repeats: int) -> list[dict]:
     for label, kind, args in shapes(width):
         ref_run, fast_run, floors, agree = _cases(kind, args, batch)
         times = interleaved_medians_n([ref_run, fast_run, *floors], repeats=repeats)
-        t_ref, t_fast, t_floor = times[0], times[1], min(times[2:])
+        (t_ref, c_ref), (t_fast, c_fast) = times[:2]
+        # the floor is the faster layout's, by CPU time (the steadier clock when shared)
+        t_floor, c_floor = min(times[2:], key=lambda tc: tc[1])
         row = {
             "shape": label,
             "kind": kind,
@@ -209,10 +217,16 @@ def run_fields(width: int, batch: int, repeats: int) -> list[dict]:
             "reference_ms": t_ref * 1e3,
             "fast_ms": t_fast * 1e3,
             "floor_ms": t_floor * 1e3,
-            "floor_layout": ("NCHW", "NHWC")[times[2:].index(t_floor)],
+            "reference_cpu_ms": c_ref * 1e3,
+            "fast_cpu_ms": c_fast * 1e3,
+            "floor_cpu_ms": c_floor * 1e3,
+            "floor_layout": ("NCHW", "NHWC")[times[2:].index((t_floor, c_floor))],
             "fast_over_reference": t_fast / t_ref,
             "fast_over_floor": t_fast / t_floor,
             "reference_over_floor": t_ref / t_floor,
+            "fast_over_reference_cpu": c_fast / c_ref,
+            "fast_over_floor_cpu": c_fast / c_floor,
+            "reference_over_floor_cpu": c_ref / c_floor,
             "max_rel_difference": agree,
             "target": FIELD_TARGET,
         }
@@ -220,7 +234,8 @@ def run_fields(width: int, batch: int, repeats: int) -> list[dict]:
         print(
             f"{label:>26}: reference {t_ref * 1e3:7.1f} ms  fast {t_fast * 1e3:7.1f} ms  "
             f"floor {t_floor * 1e3:7.1f} ms ({row['floor_layout']})  fast/ref "
-            f"{row['fast_over_reference']:.2f}  fast/floor {row['fast_over_floor']:.2f}",
+            f"{row['fast_over_reference']:.2f} (cpu {row['fast_over_reference_cpu']:.2f})  "
+            f"fast/floor {row['fast_over_floor']:.2f} (cpu {row['fast_over_floor_cpu']:.2f})",
             flush=True,
         )
     return rows
@@ -248,7 +263,9 @@ def run_training(width: int, batch: int, repeats: int) -> dict:
     y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
     natural = create_defense("natural")
     steps = [training_step(m, natural, x, y) for m in (resnet, fast, reference)]
-    t_resnet, t_fast, t_ref = interleaved_medians_n(steps, repeats=repeats)
+    (t_resnet, c_resnet), (t_fast, c_fast), (t_ref, c_ref) = interleaved_medians_n(
+        steps, repeats=repeats
+    )
     assert _nfe(fast) == _nfe(reference), (_nfe(fast), _nfe(reference))
     row = {
         "width": width,
@@ -258,13 +275,17 @@ def run_training(width: int, batch: int, repeats: int) -> dict:
         "soblock_reference_ms": t_ref * 1e3,
         "fast_over_resnet10": t_fast / t_resnet,
         "reference_over_resnet10": t_ref / t_resnet,
+        "fast_over_resnet10_cpu": c_fast / c_resnet,
+        "reference_over_resnet10_cpu": c_ref / c_resnet,
         "nfe": _nfe(fast),
         "target": SOBLOCK_TARGET,
     }
     print(
         f"training step w{width} b{batch}: resnet10 {t_resnet * 1e3:.0f} ms, soblock fast "
-        f"{t_fast * 1e3:.0f} ms ({row['fast_over_resnet10']:.2f}×), reference "
-        f"{t_ref * 1e3:.0f} ms ({row['reference_over_resnet10']:.2f}×), NFE {row['nfe']}",
+        f"{t_fast * 1e3:.0f} ms ({row['fast_over_resnet10']:.2f}×, cpu "
+        f"{row['fast_over_resnet10_cpu']:.2f}×), reference {t_ref * 1e3:.0f} ms "
+        f"({row['reference_over_resnet10']:.2f}×, cpu {row['reference_over_resnet10_cpu']:.2f}×),"
+        f" NFE {row['nfe']}",
         flush=True,
     )
     return row
@@ -285,7 +306,9 @@ def run_sonet(width: int, batch: int, repeats: int) -> dict:
 
         return run
 
-    t_fast, t_ref = interleaved_medians_n([pass_of(fast), pass_of(reference)], repeats=repeats)
+    (t_fast, c_fast), (t_ref, c_ref) = interleaved_medians_n(
+        [pass_of(fast), pass_of(reference)], repeats=repeats
+    )
     assert _nfe(fast) == _nfe(reference), (_nfe(fast), _nfe(reference))
     row = {
         "width": width,
@@ -293,22 +316,28 @@ def run_sonet(width: int, batch: int, repeats: int) -> dict:
         "fast_ms": t_fast * 1e3,
         "reference_ms": t_ref * 1e3,
         "fast_over_reference": t_fast / t_ref,
+        "fast_over_reference_cpu": c_fast / c_ref,
         "nfe": _nfe(fast),
         "target": SONET_TARGET,
     }
     print(
         f"SONet forward+backward w{width} b{batch}: fast {t_fast:.1f} s, reference "
-        f"{t_ref:.1f} s, ratio {row['fast_over_reference']:.2f}, NFE {row['nfe']}",
+        f"{t_ref:.1f} s, ratio {row['fast_over_reference']:.2f} (cpu "
+        f"{row['fast_over_reference_cpu']:.2f}), NFE {row['nfe']}",
         flush=True,
     )
     return row
 
 
-def _met(ratio: float, target: float) -> str:
-    return f"≤ {target} ({'met' if ratio <= target else 'missed'})"
+def _met(ratio: float, cpu: float, target: float) -> str:
+    def verdict(r: float) -> str:
+        return "met" if r <= target else "missed"
+
+    return f"≤ {target} (wall {verdict(ratio)}, cpu {verdict(cpu)})"
 
 
 def table(fields: list[dict], training: dict, sonet: dict) -> str:
+    """Wall-clock ratios, with the CPU-time ratio in parentheses."""
     lines = [
         "| field (batch) | reference (ms) | fast (ms) | conv floor (ms) | fast / reference "
         "| reference / floor | fast / floor | target |",
@@ -317,35 +346,47 @@ def table(fields: list[dict], training: dict, sonet: dict) -> str:
     for r in fields:
         lines.append(
             f"| {r['shape']} ({r['batch']}) | {r['reference_ms']:.1f} | {r['fast_ms']:.1f} | "
-            f"{r['floor_ms']:.1f} {r['floor_layout']} | {r['fast_over_reference']:.2f} | "
-            f"{r['reference_over_floor']:.2f} | {r['fast_over_floor']:.2f} | "
-            f"{_met(r['fast_over_floor'], r['target'])} |"
+            f"{r['floor_ms']:.1f} {r['floor_layout']} | {r['fast_over_reference']:.2f} "
+            f"({r['fast_over_reference_cpu']:.2f}) | {r['reference_over_floor']:.2f} "
+            f"({r['reference_over_floor_cpu']:.2f}) | {r['fast_over_floor']:.2f} "
+            f"({r['fast_over_floor_cpu']:.2f}) | "
+            f"{_met(r['fast_over_floor'], r['fast_over_floor_cpu'], r['target'])} |"
         )
     t, s = training, sonet
     lines += [
         "",
-        "| model pass (width, batch) | ResNet10 / reference (ms) | fast (ms) | ratio | target |",
+        "| model pass (width, batch) | ResNet10 / reference (ms) | fast (ms) | ratio (cpu) "
+        "| target |",
         "|---|---:|---:|---:|---|",
         f"| SOBlock training step / ResNet10's, reference fields (w{t['width']}, "
         f"{t['batch']}) | {t['resnet10_ms']:.0f} | {t['soblock_reference_ms']:.0f} | "
-        f"{t['reference_over_resnet10']:.2f} | – |",
+        f"{t['reference_over_resnet10']:.2f} ({t['reference_over_resnet10_cpu']:.2f}) | – |",
         f"| SOBlock training step / ResNet10's, fast fields (w{t['width']}, {t['batch']}) | "
         f"{t['resnet10_ms']:.0f} | {t['soblock_fast_ms']:.0f} | "
-        f"{t['fast_over_resnet10']:.2f} | {_met(t['fast_over_resnet10'], t['target'])} |",
+        f"{t['fast_over_resnet10']:.2f} ({t['fast_over_resnet10_cpu']:.2f}) | "
+        f"{_met(t['fast_over_resnet10'], t['fast_over_resnet10_cpu'], t['target'])} |",
         f"| SONet forward+backward, fast / reference fields (w{s['width']}, {s['batch']}) | "
-        f"{s['reference_ms']:.0f} | {s['fast_ms']:.0f} | {s['fast_over_reference']:.2f} | "
-        f"{_met(s['fast_over_reference'], s['target'])} |",
+        f"{s['reference_ms']:.0f} | {s['fast_ms']:.0f} | {s['fast_over_reference']:.2f} "
+        f"({s['fast_over_reference_cpu']:.2f}) | "
+        f"{_met(s['fast_over_reference'], s['fast_over_reference_cpu'], s['target'])} |",
     ]
     return "\n".join(lines)
 
 
-def section(quick: bool = False, width: int = 32, batch: int = 128, repeats: int = 5) -> Section:
-    """Quick: width 8, batch 16, 3 repeats (a sanity run); full: width 32, batch 128."""
+def section(
+    quick: bool = False,
+    width: int = 32,
+    batch: int = 128,
+    repeats: int = 5,
+    sonet_batch: int = 64,
+) -> Section:
+    """Quick: width 8, batch 16, 3 repeats (a sanity run); full: width 32, batch 128
+    (SONet at ``sonet_batch``)."""
     if quick:
-        width, batch, repeats = 8, 16, 3
+        width, batch, repeats, sonet_batch = 8, 16, 3, 16
     fields = run_fields(width, batch, repeats)
     training = run_training(width, batch, repeats)
-    sonet = run_sonet(width, batch, repeats)
+    sonet = run_sonet(width, sonet_batch, repeats)
     return Section(
         "fields",
         f"Vector fields — fast vs reference implementation and vs their convolutions "
@@ -368,15 +409,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="width 8, batch 16, 3 repeats")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--sonet-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", choices=("fields", "training", "sonet"), default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.only:
         run = {"fields": run_fields, "training": run_training, "sonet": run_sonet}[args.only]
-        run(args.width, args.batch, args.repeats)
+        run(args.width, args.sonet_batch if args.only == "sonet" else args.batch, args.repeats)
         return
-    result = section(args.quick, args.width, args.batch, args.repeats)
+    result = section(args.quick, args.width, args.batch, args.repeats, args.sonet_batch)
     result.report(args.json)
 
 
