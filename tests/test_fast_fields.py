@@ -37,7 +37,7 @@ from robustode.nn import (
     SkewLinearODE,
     set_reference_fields,
 )
-from robustode.nn.layout import CHANNELS_LAST, CONTIGUOUS
+from robustode.nn.layout import CHANNELS_LAST, CONTIGUOUS, normalize
 
 F64, F32 = torch.float64, torch.float32
 # (c_in, c_out, stride, size): the block kinds of SOBlock/SONet, at sizes that take
@@ -392,3 +392,38 @@ def test_set_reference_fields_switches_every_field():
     assert all(b.field.reference for b in model.ode_blocks())
     assert set_reference_fields(model, False) == 10
     assert not any(b.field.reference for b in model.ode_blocks())
+
+
+def _nhwc_group_norm_case(mean: float, spread: float, dtype=F32):
+    gen = torch.Generator().manual_seed(4)
+    x = mean + spread * torch.randn(2, 16, 8, 8, generator=gen, dtype=F64)
+    norm = torch.nn.GroupNorm(4, 16).to(dtype)
+    _perturb_norms(norm)
+    return x, norm
+
+
+def test_normalize_keeps_groups_with_a_large_mean_accurate():
+    """PyTorch's NHWC GroupNorm takes the variance as E[x²] − E[x]²: at mean/std = 100 its
+    float32 output is 3e-3 off; layout.normalize recomputes such groups in NCHW."""
+    x, norm = _nhwc_group_norm_case(mean=1.0, spread=0.01)
+    exact = copy.deepcopy(norm).double()(x)
+    # an input that needs a gradient, so the other guard (below) stays out of the way
+    nhwc = x.float().contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    assert _worst([norm(nhwc)], [exact]) > 1e-4  # the kernel's own error, which this guards
+    out = normalize(norm, nhwc)
+    assert _layout(out) == CHANNELS_LAST
+    assert _worst([out], [exact]) <= 1e-5
+    x, norm = _nhwc_group_norm_case(mean=0.1, spread=1.0)  # ordinary groups: NHWC kernel
+    nhwc = x.float().contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    assert torch.equal(normalize(norm, nhwc), norm(nhwc))
+
+
+def test_normalize_gives_weight_gradients_of_an_nhwc_input_that_needs_none():
+    """torch 2.13 segfaults in GroupNorm's NHWC backward when only the weight needs a
+    gradient (the first evaluation of a stem); layout.normalize avoids that kernel there."""
+    x, norm = _nhwc_group_norm_case(mean=0.0, spread=1.0, dtype=F64)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    out = normalize(norm, x.contiguous(memory_format=CHANNELS_LAST))
+    grads = torch.autograd.grad(out, list(norm.parameters()), g)
+    expected = torch.autograd.grad(norm(x), list(norm.parameters()), g)
+    assert _worst(grads, expected) <= 1e-12
