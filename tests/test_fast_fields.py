@@ -37,7 +37,7 @@ from robustode.nn import (
     SkewLinearODE,
     set_reference_fields,
 )
-from robustode.nn.layout import CHANNELS_LAST, CONTIGUOUS, normalize
+from robustode.nn.layout import CHANNELS_LAST, CONTIGUOUS, in_layout, normalize
 
 F64, F32 = torch.float64, torch.float32
 # (c_in, c_out, stride, size): the block kinds of SOBlock/SONet, at sizes that take
@@ -427,3 +427,16 @@ def test_normalize_gives_weight_gradients_of_an_nhwc_input_that_needs_none():
     grads = torch.autograd.grad(out, list(norm.parameters()), g)
     expected = torch.autograd.grad(norm(x), list(norm.parameters()), g)
     assert _worst(grads, expected) <= 1e-12
+
+
+def test_in_layout_returns_the_gradient_in_the_source_layout():
+    """A block hands back NCHW; the gradient must enter its solve in the solve's NHWC
+    (Tensor.contiguous would pass the NCHW gradient on)."""
+    v = torch.randn(2, 16, 4, 4).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    out = in_layout(v, CONTIGUOUS)
+    assert _layout(out) == CONTIGUOUS and torch.equal(out, v)
+    (g,) = torch.autograd.grad(out, v, torch.ones(2, 16, 4, 4))
+    assert _layout(g) == CHANNELS_LAST and torch.equal(g, torch.ones_like(g))
+    (g,) = torch.autograd.grad(v.contiguous(), v, torch.ones(2, 16, 4, 4))
+    assert _layout(g) == CONTIGUOUS  # what in_layout is there to avoid
+    assert in_layout(v, CHANNELS_LAST) is v

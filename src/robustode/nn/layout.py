@@ -58,13 +58,39 @@ def state_layout(conv: torch.memory_format, channels: int) -> torch.memory_forma
 
 
 def in_layout(v: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-    """``v`` in ``layout`` (no copy when it already is)."""
-    return v.contiguous(memory_format=layout)
+    """``v`` in ``layout`` (no copy when it already is); its gradient comes back in ``v``'s
+    own layout.
+
+    ``Tensor.contiguous`` passes the gradient on in whatever layout it arrives: an ODE
+    block that hands back its NHWC state as NCHW would get an NCHW gradient, and the
+    whole backward pass of its solve would run in NCHW against NHWC saved tensors —
+    a layout copy in every GroupNorm and convolution backward (25 copies of the state
+    in the SOBlock stem's solve). Converting the gradient once, here, keeps it NHWC.
+    """
+    if v.is_contiguous(memory_format=layout):
+        return v
+    return _InLayout.apply(v, layout)
+
+
+class _InLayout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+        ctx.source = layout_of(v)
+        return v.contiguous(memory_format=layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.source), None
 
 
 def is_channels_last(v: torch.Tensor) -> bool:
     """Whether ``v`` is laid out NHWC (and not also NCHW, as a 1-channel or 1×1 tensor is)."""
     return v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=CHANNELS_LAST)
+
+
+def layout_of(v: torch.Tensor) -> torch.memory_format:
+    """NHWC or NCHW (anything else: NCHW, as ``contiguous()`` would make it)."""
+    return CHANNELS_LAST if is_channels_last(v) else CONTIGUOUS
 
 
 # Largest |mean| / std of a GroupNorm group left to PyTorch's NHWC kernel. That kernel

@@ -102,4 +102,5 @@ class NeuralODEBlock(ODEBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Solved in the field's layout, handed back in NCHW (see SkewConvODE.forward).
-        return self.integrate(self.field, in_layout(x, self.field.layout(x))).contiguous()
+        out = self.integrate(self.field, in_layout(x, self.field.layout(x)))
+        return in_layout(out, torch.contiguous_format)

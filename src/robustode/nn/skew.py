@@ -243,7 +243,7 @@ class SkewConvODE(ODEBlock):
         _, z = self.integrate(self.field, self.initial_state(x))
         # NCHW out, whatever the solve ran in: the layers after the block (a ResNet's
         # strided 1×1 shortcuts among them) run as they would after a plain stem.
-        return z.contiguous()
+        return in_layout(z, CONTIGUOUS)
 
     def extra_repr(self) -> str:
         return (
