@@ -47,7 +47,7 @@ SHAPES = [
     (16, 16, 1, 32),  # stage at 32×32: NHWC
     (16, 32, 2, 32),  # stride-2 4×4: NHWC
     (16, 32, 2, 9),  # odd size: the transposed convolution's output_padding
-    (32, 32, 1, 8),  # small stage: NCHW
+    (32, 32, 1, 4),  # 4×4 stage: NCHW
 ]
 OPTIONS = [
     {},
@@ -199,7 +199,7 @@ class _Single(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
-@pytest.mark.parametrize("size", [32, 8])
+@pytest.mark.parametrize("size", [32, 4])
 def test_fast_neural_ode_field_equals_the_reference(size, dtype):
     torch.manual_seed(0)
     field = NeuralODEField(16).to(dtype)
@@ -350,7 +350,8 @@ def test_layouts_the_fast_blocks_choose_on_the_cpu():
         ((3, 16, 1, 32), (CONTIGUOUS, CHANNELS_LAST)),  # stem: 3-channel image stays NCHW
         ((16, 16, 1, 32), (CHANNELS_LAST, CHANNELS_LAST)),
         ((16, 32, 2, 16), (CHANNELS_LAST, CHANNELS_LAST)),
-        ((32, 32, 1, 16), (CONTIGUOUS, CONTIGUOUS)),
+        ((32, 32, 1, 8), (CHANNELS_LAST, CHANNELS_LAST)),
+        ((32, 64, 2, 4), (CONTIGUOUS, CONTIGUOUS)),  # below 8×8: NCHW
     ]
     for (c_in, c_out, stride, size), expected in cases:
         block = SkewConvODE(c_in, c_out, stride, method="euler")

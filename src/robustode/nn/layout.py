@@ -5,14 +5,17 @@ A field evaluation is two convolutions and a few memory-bound passes
 depends on the shape, and every layout change is a full copy, so the ODE
 blocks keep their state in the layout their convolutions want for the whole
 solve and convert back once, at the block's output. Measured on a 2-core AVX-512
-Xeon with torch 2.13, one thread, batch 128, width 32 (benchmarks/RESULTS.md,
-"Fast fields"):
+Xeon with torch 2.13, one thread, batch 128, width 32, the other core busy
+(benchmarks/RESULTS.md, "Fast fields"):
 
-- NHWC (``channels_last``) convolutions take 0.4× the time of NCHW ones at
-  32×32 (oneDNN's NCHW path reorders every input and output into a blocked
-  layout), and 0.6× for the stride-2 4×4 blocks, whose transposed direction
-  has no fast NCHW kernel; at 16×16 and below both layouts run alike, and
-  NCHW's GroupNorm is the faster one there;
+- NHWC (``channels_last``) convolutions of a 32×32 skew block, forward and
+  backward, take 0.6× the CPU time of NCHW ones (0.4× of the wall time on a
+  quiet core: oneDNN's NCHW path reorders every input and output into a blocked
+  layout, and its transposed stride-2 direction has no fast kernel), so NHWC
+  wins although PyTorch's NHWC GroupNorm is slower than its NCHW one (backward
+  1.6×). Whole field evaluations in NHWC against NCHW: 0.75–0.85 at 32×32,
+  0.85–0.92 at 16×16, 0.92 at 8×8 (stride 1 or 2), 1.25 at 4×4 — so NHWC from
+  8×8 on.
 - GroupNorm on NHWC tensors with very few channels (the 3-channel image state
   of a stem) is 15× slower than on NCHW, so such small tensors stay NCHW and
   only the convolution sees them as NHWC (a copy of a 3-channel image is cheap).
@@ -37,15 +40,13 @@ CONTIGUOUS = torch.contiguous_format
 # Below this many channels a state tensor stays NCHW (GroupNorm's NHWC kernel
 # vectorises over channels).
 MIN_NHWC_CHANNELS = 16
-# From this many input pixels on, NHWC convolutions are the faster ones (32×32).
-MIN_NHWC_PIXELS = 32 * 32
+# From this many input pixels on, a field evaluates faster in NHWC (8×8; at 4×4 NCHW).
+MIN_NHWC_PIXELS = 8 * 8
 
 
-def conv_layout(device: torch.device, stride: int, height: int, width: int) -> torch.memory_format:
+def conv_layout(device: torch.device, height: int, width: int) -> torch.memory_format:
     """The layout in which a field's convolutions on ``height × width`` inputs run."""
-    if device.type != "cpu":
-        return CONTIGUOUS
-    if stride > 1 or height * width >= MIN_NHWC_PIXELS:
+    if device.type == "cpu" and height * width >= MIN_NHWC_PIXELS:
         return CHANNELS_LAST
     return CONTIGUOUS
 
