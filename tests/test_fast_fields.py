@@ -441,3 +441,26 @@ def test_in_layout_returns_the_gradient_in_the_source_layout():
     (g,) = torch.autograd.grad(v.contiguous(), v, torch.ones(2, 16, 4, 4))
     assert _layout(g) == CONTIGUOUS  # what in_layout is there to avoid
     assert in_layout(v, CHANNELS_LAST) is v
+
+
+def test_the_backward_pass_of_a_fast_solve_stays_channels_last():
+    """The gradients reaching the field come back in the state's NHWC layout, so the
+    solve's backward pass runs without layout copies. SolverConfig.solve selects the
+    final state with a layout-keeping backward (indexing's allocates an NCHW gradient:
+    then 19 of these 40 arrive NCHW, each copied in a GroupNorm or convolution backward).
+    Gradients that come through a norm — the first step size, the error estimate of the
+    last step — arrive as PyTorch's reductions give them (3 here)."""
+    nhwc = []
+
+    def keep_grad_layouts(module, args, outputs):
+        for out in outputs:
+            out.register_hook(lambda g: nhwc.append(_layout(g) == CHANNELS_LAST))
+
+    torch.manual_seed(0)
+    block = SkewConvODE(16, 16, 1)
+    block.field.register_forward_hook(keep_grad_layouts)
+    out = block(torch.rand(2, 16, 32, 32))
+    assert _layout(out) == CONTIGUOUS
+    torch.autograd.grad(out.square().sum(), list(block.parameters()))
+    assert len(nhwc) == 2 * block.nfe == 40
+    assert sum(nhwc) >= 36
