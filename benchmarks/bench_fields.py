@@ -27,6 +27,7 @@ implementations' outputs agree.
 
     python -m benchmarks.bench_fields [--quick] [--width 32] [--batch 128] [--sonet-batch 64]
                                       [--only fields|training|sonet] [--json out.json]
+    python -m benchmarks.bench_fields --profile   # where the time goes, by operation kind
 """
 
 from __future__ import annotations
@@ -404,6 +405,59 @@ def section(
     )
 
 
+def _op_kind(name: str) -> str:
+    if "conv" in name or "mkldnn" in name:
+        return "convolution"
+    if "group_norm" in name:
+        return "GroupNorm"
+    if "batch_norm" in name:
+        return "BatchNorm"
+    if "leaky" in name or "relu" in name or "threshold" in name:
+        return "activation"
+    if name in ("aten::copy_", "aten::clone"):
+        return "layout copies"
+    return "solver arithmetic and rest"
+
+
+def _profile_by_kind(run: Callable[[], None], repeats: int) -> dict[str, float]:
+    """Self time (ms, per call of ``run``) of the ATen operations, summed by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            run()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            kind = _op_kind(event.key)
+            totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / repeats
+    return totals
+
+
+def run_profiles(width: int, batch: int, sonet_batch: int, repeats: int = 3) -> None:
+    """Where the time goes: reference vs fast, by operation kind (benchmarks/RESULTS.md)."""
+    for label, kind, args in shapes(width)[:4]:
+        ref_run, fast_run, _, _ = _cases(kind, args, batch)
+        for impl, run in (("reference", ref_run), ("fast", fast_run)):
+            totals = _profile_by_kind(run, repeats)
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(totals.items()))
+            print(f"{label} ({impl}), ms per evaluation: {parts}; total {sum(totals.values()):.0f}")
+    for name, b in (("soblock", batch), ("sonet", sonet_batch)):
+        fast, reference = _model_pair(name, width)
+        x = torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        y = torch.randint(0, 10, (b,), generator=torch.Generator().manual_seed(2))
+        for impl, model in (("reference", reference), ("fast", fast)):
+
+            def run(model=model, x=x, y=y) -> None:
+                loss = F.cross_entropy(model.train()(x), y)
+                torch.autograd.grad(loss, list(model.parameters()))
+
+            totals = _profile_by_kind(run, 1)
+            parts = ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(totals.items()))
+            print(f"{name} forward+backward batch {b} ({impl}), s: {parts}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="width 8, batch 16, 3 repeats")
@@ -412,8 +466,17 @@ def main() -> None:
     p.add_argument("--sonet-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", choices=("fields", "training", "sonet"), default=None)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where the time goes instead (torch.profiler, by operation kind); "
+        "SONet at batch 32",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.profile:
+        run_profiles(args.width, args.batch, min(args.sonet_batch, 32))
+        return
     if args.only:
         run = {"fields": run_fields, "training": run_training, "sonet": run_sonet}[args.only]
         run(args.width, args.sonet_batch if args.only == "sonet" else args.batch, args.repeats)

@@ -352,6 +352,7 @@ def test_layouts_the_fast_blocks_choose_on_the_cpu():
         ((16, 32, 2, 16), (CHANNELS_LAST, CHANNELS_LAST)),
         ((32, 32, 1, 8), (CHANNELS_LAST, CHANNELS_LAST)),
         ((32, 64, 2, 4), (CONTIGUOUS, CONTIGUOUS)),  # below 8×8: NCHW
+        ((3, 8, 1, 32), (CONTIGUOUS, CONTIGUOUS)),  # both states under 16 channels: NCHW
     ]
     for (c_in, c_out, stride, size), expected in cases:
         block = SkewConvODE(c_in, c_out, stride, method="euler")

@@ -44,9 +44,14 @@ MIN_NHWC_CHANNELS = 16
 MIN_NHWC_PIXELS = 8 * 8
 
 
-def conv_layout(device: torch.device, height: int, width: int) -> torch.memory_format:
-    """The layout in which a field's convolutions on ``height × width`` inputs run."""
-    if device.type == "cpu" and height * width >= MIN_NHWC_PIXELS:
+def conv_layout(
+    device: torch.device, height: int, width: int, channels: int
+) -> torch.memory_format:
+    """The layout in which a field's convolutions on ``height × width`` inputs run, where
+    ``channels`` is the larger of its states' channel counts: when both states stay NCHW
+    (fewer than ``MIN_NHWC_CHANNELS``), NHWC convolutions would cost two layout copies of
+    each state per evaluation."""
+    if device.type == "cpu" and height * width >= MIN_NHWC_PIXELS and channels >= MIN_NHWC_CHANNELS:
         return CHANNELS_LAST
     return CONTIGUOUS
 

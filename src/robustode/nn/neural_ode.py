@@ -67,7 +67,8 @@ class NeuralODEField(nn.Module):
         """The memory layout the state is kept in (:mod:`.layout`)."""
         if self.reference:
             return torch.contiguous_format
-        return state_layout(conv_layout(x.device, x.shape[-2], x.shape[-1]), x.shape[1])
+        conv = conv_layout(x.device, x.shape[-2], x.shape[-1], x.shape[1])
+        return state_layout(conv, x.shape[1])
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.reference:

@@ -118,8 +118,8 @@ class SkewConvField(nn.Module):
         """Memory layouts of (the convolutions, x, z) for an input of ``x_shape``."""
         if self.reference:
             return CONTIGUOUS, CONTIGUOUS, CONTIGUOUS
-        conv = conv_layout(device, x_shape[-2], x_shape[-1])
         out_channels, in_channels = self.weight.shape[:2]
+        conv = conv_layout(device, x_shape[-2], x_shape[-1], max(in_channels, out_channels))
         return conv, state_layout(conv, in_channels), state_layout(conv, out_channels)
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
