@@ -32,7 +32,7 @@ def test_bench_bad_section_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "robustode: error: --only: unknown section 'gpuz'; choose from ode, memory, attacks, "
-        "training, data, gpu (comma-separated)"
+        "training, fields, data, gpu (comma-separated)"
     ]
     assert not any(tmp_path.iterdir())  # nothing written before the input was checked
 

@@ -874,7 +874,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- bench
-BENCH_SECTIONS = ("ode", "memory", "attacks", "training", "data", "gpu")
+BENCH_SECTIONS = ("ode", "memory", "attacks", "training", "fields", "data", "gpu")
 _BENCH_PEERS = {"ode": "torchdiffeq", "memory": "torchdiffeq", "attacks": "torchattacks"}
 
 
@@ -917,7 +917,8 @@ def _add_bench(sub) -> None:
         description=(
             "Run the benchmarks/ suite from a source checkout: ODE solves vs torchdiffeq, "
             "adjoint memory, attacks vs torchattacks on CIFAR-10 test images, training step "
-            "per defense, the data pipeline, and (with CUDA) training throughput with bf16, "
+            "per defense, the fast vector fields vs their reference implementation, the data "
+            "pipeline, and (with CUDA) training throughput with bf16, "
             "channels_last and torch.compile. Every time is a ratio against the peer, "
             "measured interleaved in the same run. Prints Markdown tables and writes "
             "bench.md and bench.json. Needs the test extras (bash scripts/setup.sh test)."

@@ -5,6 +5,7 @@ from .activations import ACTIVATIONS, get_activation
 from .channel_copy import ChannelCopy, channel_copy
 from .neural_ode import ConcatConv2d, NeuralODEBlock, NeuralODEField
 from .ode_block import ODEBlock
+from .reference import set_reference_fields
 from .skew import SkewConvField, SkewConvODE, SkewLinearField, SkewLinearODE, group_norm
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "channel_copy",
     "get_activation",
     "group_norm",
+    "set_reference_fields",
 ]

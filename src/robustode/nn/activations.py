@@ -31,9 +31,33 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+# In-place forms for the fast fields, which apply σ to a fresh convolution output
+# that nothing else reads: one pass over memory and no new tensor. Each one's
+# backward reads its output, not its input (σ′ > 0 is a function of σ for all four).
+def leaky_relu_(v: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(v, 0.01, inplace=True)
+
+
+def tanh_(v: torch.Tensor) -> torch.Tensor:
+    return v.tanh_()
+
+
+def relu_(v: torch.Tensor) -> torch.Tensor:
+    return F.relu(v, inplace=True)
+
+
+ACTIVATIONS_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "leaky_relu": leaky_relu_,
+    "tanh": tanh_,
+    "identity": identity,
+    "relu": relu_,
+}
+
+
+def get_activation(name: str, inplace: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """σ by name; ``inplace=True`` gives the form that overwrites its argument."""
     try:
-        return ACTIVATIONS[name]
+        return (ACTIVATIONS_INPLACE if inplace else ACTIVATIONS)[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}"

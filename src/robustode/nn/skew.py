@@ -16,6 +16,13 @@ bias, z(0) = channel-copy of the input, classifier z(0) = 0.1·1. Setting
 ``norm=None`` gives the plain eq. (3) that the theorem is about;
 ``skew=False`` replaces −Wᵀ by an independent kernel (the unconstrained
 baseline of the stability experiment).
+
+Each field has two implementations of the same function: the default one
+keeps the state in the memory layout its convolutions run fastest in
+(:mod:`.layout`), applies σ and the damping in place on the fresh convolution
+outputs and, in the linear field, fuses the biases into the matrix products;
+``reference=True`` runs the plain composition of PyTorch modules above, which
+the tests compare the default with (tests/test_fast_fields.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ from torch import nn
 from ..ode import SolverConfig
 from .activations import get_activation
 from .channel_copy import channel_copy
+from .layout import (
+    CHANNELS_LAST,
+    CONTIGUOUS,
+    conv_layout,
+    in_layout,
+    normalize,
+    state_layout,
+)
 from .ode_block import ODEBlock
 
 NORMS = ("group", None)
@@ -69,6 +84,7 @@ class SkewConvField(nn.Module):
         norm: str | None = "group",
         activation: str = "leaky_relu",
         skew: bool = True,
+        reference: bool = False,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -81,6 +97,8 @@ class SkewConvField(nn.Module):
         self.skew = skew
         self.activation_name = activation
         self.sigma = get_activation(activation)
+        self.sigma_ = get_activation(activation, inplace=True)
+        self.reference = reference
         self.weight = _kernel(out_channels, in_channels, self.kernel_size)
         # The unconstrained baseline: an independent kernel in place of −Wᵀ.
         self.weight_back = None if skew else _kernel(out_channels, in_channels, self.kernel_size)
@@ -94,26 +112,80 @@ class SkewConvField(nn.Module):
         k, p, s = self.kernel_size, self.padding, self.stride
         return (x_shape[0], out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
 
+    def layouts(
+        self, x_shape: torch.Size, device: torch.device
+    ) -> tuple[torch.memory_format, torch.memory_format, torch.memory_format]:
+        """Memory layouts of (the convolutions, x, z) for an input of ``x_shape``."""
+        if self.reference:
+            return CONTIGUOUS, CONTIGUOUS, CONTIGUOUS
+        out_channels, in_channels = self.weight.shape[:2]
+        conv = conv_layout(device, x_shape[-2], x_shape[-1], max(in_channels, out_channels))
+        return conv, state_layout(conv, in_channels), state_layout(conv, out_channels)
+
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        if self.reference:
+            return self._forward_reference(state)
+        return self._forward_fast(state)
+
+    def _forward_reference(self, state: tuple[torch.Tensor, torch.Tensor]):
         x, z = state
         xn, zn = self.norm_x_in(x), self.norm_z_in(z)
         dz = F.conv2d(xn, self.weight, stride=self.stride, padding=self.padding)
-        # output_padding restores odd spatial sizes for stride 2 (it keeps the adjoint exact).
-        extra = [
-            x.shape[-2] - self._back_size(z.shape[-2]),
-            x.shape[-1] - self._back_size(z.shape[-1]),
-        ]
         back = -self.weight if self.weight_back is None else self.weight_back
         dx = F.conv_transpose2d(
-            zn, back, stride=self.stride, padding=self.padding, output_padding=tuple(extra)
+            zn, back, stride=self.stride, padding=self.padding, output_padding=self._extra(x, z)
         )
         if self.gamma:
             dz = dz - self.gamma * zn
             dx = dx - self.gamma * xn
         return self.norm_x_out(self.sigma(dx)), self.norm_z_out(self.sigma(dz))
 
+    def _forward_fast(self, state: tuple[torch.Tensor, torch.Tensor]):
+        x, z = state
+        conv, x_layout, z_layout = self.layouts(x.shape, x.device)
+        x, z = in_layout(x, x_layout), in_layout(z, z_layout)
+        xn, zn = normalize(self.norm_x_in, x), normalize(self.norm_z_in, z)
+        back = -self.weight if self.weight_back is None else self.weight_back
+        dz = F.conv2d(
+            xn, _for_conv(self.weight, x_layout, conv), stride=self.stride, padding=self.padding
+        )
+        dx = F.conv_transpose2d(
+            zn,
+            _for_conv(back, z_layout, conv),
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self._extra(x, z),
+        )
+        dz, dx = in_layout(dz, z_layout), in_layout(dx, x_layout)
+        # Both are fresh convolution outputs that no backward reads: damp and activate
+        # them in place (add_ with alpha is the reference's dz − γ·zn in one pass).
+        if self.gamma:
+            dz = dz.add_(zn, alpha=-self.gamma)
+            dx = dx.add_(xn, alpha=-self.gamma)
+        return normalize(self.norm_x_out, self.sigma_(dx)), normalize(
+            self.norm_z_out, self.sigma_(dz)
+        )
+
+    def _extra(self, x: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
+        # output_padding restores odd spatial sizes for stride 2 (it keeps the adjoint exact).
+        return (
+            x.shape[-2] - self._back_size(z.shape[-2]),
+            x.shape[-1] - self._back_size(z.shape[-1]),
+        )
+
     def _back_size(self, n: int) -> int:
         return (n - 1) * self.stride - 2 * self.padding + self.kernel_size
+
+
+def _for_conv(
+    weight: torch.Tensor, input_layout: torch.memory_format, conv: torch.memory_format
+) -> torch.Tensor:
+    """The kernel as the convolution should see it: PyTorch runs a convolution in
+    channels-last when its input or its kernel is, so a small NCHW state (the stem's
+    3-channel image) is convolved in channels-last by handing over the kernel in it."""
+    if conv == CHANNELS_LAST and input_layout != CHANNELS_LAST:
+        return in_layout(weight, CHANNELS_LAST)
+    return weight
 
 
 class SkewConvODE(ODEBlock):
@@ -134,6 +206,7 @@ class SkewConvODE(ODEBlock):
         activation: str = "leaky_relu",
         z0: str = "channel_copy",
         skew: bool = True,
+        reference: bool = False,
         solver: SolverConfig | None = None,
         **solver_options,
     ) -> None:
@@ -150,14 +223,17 @@ class SkewConvODE(ODEBlock):
             norm=norm,
             activation=activation,
             skew=skew,
+            reference=reference,
         )
 
     def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, z(0)), each in the memory layout the field keeps it in during the solve."""
         if self.z0 == "zeros":
             z = x.new_zeros(self.field.z_shape(x.shape, self.out_channels))
         else:
             z = channel_copy(x, self.out_channels, self.stride)
-        return x, z
+        _, x_layout, z_layout = self.field.layouts(x.shape, x.device)
+        return in_layout(x, x_layout), in_layout(z, z_layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -165,7 +241,9 @@ class SkewConvODE(ODEBlock):
                 f"SkewConvODE expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}"
             )
         _, z = self.integrate(self.field, self.initial_state(x))
-        return z
+        # NCHW out, whatever the solve ran in: the layers after the block (a ResNet's
+        # strided 1×1 shortcuts among them) run as they would after a plain stem.
+        return in_layout(z, CONTIGUOUS)
 
     def extra_repr(self) -> str:
         return (
@@ -193,6 +271,7 @@ class SkewLinearField(nn.Module):
         placement: str = "before",
         bias: bool = True,
         skew: bool = True,
+        reference: bool = False,
     ) -> None:
         super().__init__()
         if placement not in ("before", "after"):
@@ -201,6 +280,8 @@ class SkewLinearField(nn.Module):
             raise ValueError(f"gamma (damping) must be ≥ 0, got {gamma}")
         self.gamma, self.placement = float(gamma), placement
         self.sigma = get_activation(activation)
+        self.sigma_ = get_activation(activation, inplace=True)
+        self.reference = reference
         # The reference initialises its (features, classes) weight with
         # kaiming_uniform(a=√5), whose fan-in is the class count: bound 1/√classes.
         bound = 1.0 / math.sqrt(classes)
@@ -212,6 +293,33 @@ class SkewLinearField(nn.Module):
         self.bias_x = nn.Parameter(torch.empty(features).uniform_(-bound, bound)) if bias else None
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        if self.reference:
+            return self._forward_reference(state)
+        return self._forward_fast(state)
+
+    def _forward_fast(self, state: tuple[torch.Tensor, torch.Tensor]):
+        x, z = state
+        if self.placement == "before":
+            x, z = self.sigma(x), self.sigma(z)
+        # The biases ride in the matrix products (addmm), and −Wᵀ is alpha = −1 on Wᵀ.
+        if self.weight_back is None:
+            back, sign = self.weight, -1.0
+        else:
+            back, sign = self.weight_back, 1.0
+        if self.bias_z is not None:
+            dz = torch.addmm(self.bias_z, x, self.weight)
+            dx = torch.addmm(self.bias_x, z, back.T, alpha=sign)
+        else:
+            dz = x @ self.weight
+            dx = z @ back.T if sign > 0 else torch.mm(z, back.T).neg_()
+        if self.gamma:
+            dz = dz.add_(state[1], alpha=-self.gamma)
+            dx = dx.add_(state[0], alpha=-self.gamma)
+        if self.placement == "after":
+            dz, dx = self.sigma_(dz), self.sigma_(dx)
+        return dx, dz
+
+    def _forward_reference(self, state: tuple[torch.Tensor, torch.Tensor]):
         x, z = state
         back = -self.weight if self.weight_back is None else self.weight_back
         if self.placement == "before":
@@ -244,6 +352,7 @@ class SkewLinearODE(ODEBlock):
         bias: bool = True,
         z0: float = 0.1,
         skew: bool = True,
+        reference: bool = False,
         solver: SolverConfig | None = None,
         **solver_options,
     ) -> None:
@@ -257,6 +366,7 @@ class SkewLinearODE(ODEBlock):
             placement=placement,
             bias=bias,
             skew=skew,
+            reference=reference,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

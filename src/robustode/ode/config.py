@@ -130,4 +130,28 @@ class SolverConfig:
             kwargs.update(step_control=self.step_control, detach_step_size=self.detach_step_size)
         solve = odeint_adjoint if self.adjoint else odeint
         out = solve(func, y0, t, **kwargs)
-        return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+        return tuple(_last(o) for o in out) if isinstance(out, tuple) else _last(out)
+
+
+def _last(solution: torch.Tensor) -> torch.Tensor:
+    """``solution[-1]``, with a gradient in the solution's memory layout."""
+    return _Last.apply(solution)
+
+
+class _Last(torch.autograd.Function):
+    """Indexing's backward writes the gradient into a new *contiguous* tensor, so a
+    state kept in channels-last (the fast ODE fields, nn/layout.py) would enter its
+    solve's backward pass as an NCHW gradient, and every operation of that pass —
+    the stages' sums, GroupNorm, the convolutions — would mix layouts or copy. This
+    backward writes it into a zero tensor with the solution's own strides."""
+
+    @staticmethod
+    def forward(ctx, solution: torch.Tensor) -> torch.Tensor:
+        ctx.size, ctx.stride = solution.size(), solution.stride()
+        return solution[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        full = torch.empty_strided(ctx.size, ctx.stride, dtype=grad.dtype, device=grad.device)
+        full.zero_()[-1].copy_(grad)
+        return full
