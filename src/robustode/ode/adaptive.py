@@ -119,6 +119,9 @@ class _AcceptedStep:
     f1: State
     ks: list[State]
     coefficients: list[State] | None = None
+    # whether the cached coefficients were built with autograd on: the event
+    # search evaluates the interpolant under no_grad first, its result needs a graph
+    coefficients_graph: bool = False
 
 
 class BatchSolver:
@@ -309,11 +312,12 @@ class BatchSolver:
     def dense(self, target) -> State:
         step = self.last
         assert step is not None
-        if step.coefficients is None:
+        if step.coefficients is None or (torch.is_grad_enabled() and not step.coefficients_graph):
             y_mid = midpoint_value(self.tableau, step.y0, step.ks, step.dt)
             step.coefficients = quartic_coefficients(
                 step.y0, step.y1, y_mid, step.f0, step.ks[-1], step.dt
             )
+            step.coefficients_graph = torch.is_grad_enabled()
         if any(isinstance(v, torch.Tensor) for v in (target, step.t0, step.t1)):
             t0, t1 = self._time_tensor(step.t0), self._time_tensor(step.t1)
             x = (target - t0) / (t1 - t0)
