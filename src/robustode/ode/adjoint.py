@@ -159,10 +159,12 @@ class _AdjointSolve(torch.autograd.Function):
             y = tuple(v.detach().requires_grad_(True) for v in state[1 : 1 + n])
             a = state[1 + n : 1 + 2 * n]
             with torch.enable_grad():
-                # only when ∂L/∂t is wanted: ∂f/∂t may not even exist (piecewise fields)
-                tt = tt.detach().requires_grad_(True) if time_grad else tt.detach()
+                # τ = −∫aᵀ ∂f/∂t is integrated whether or not ∂L/∂t is wanted: torchdiffeq
+                # does (its t and t_ are one tensor made to require grad in place), and
+                # |τ| is part of the backward norm, so it decides the step sizes
+                tt = tt.detach().requires_grad_(True)
                 f = call(tt, y)
-                wrt = (tt, *y, *params) if time_grad else (*y, *params)
+                wrt = (tt, *y, *params)
                 # a derivative that does not depend on y, θ or t contributes nothing
                 linked = [(fi, ai) for fi, ai in zip(f, a, strict=True) if fi.requires_grad]
                 vjps = (
@@ -178,11 +180,8 @@ class _AdjointSolve(torch.autograd.Function):
             vjps = tuple(
                 torch.zeros_like(v) if g is None else g for g, v in zip(vjps, wrt, strict=True)
             )
-            if time_grad:
-                vjp_t, rest = vjps[0].to(state[0].dtype).reshape(()), vjps[1:]
-            else:
-                vjp_t, rest = torch.zeros_like(state[0]), vjps
-            return (vjp_t, *(v.detach() for v in f), *rest)
+            vjp_t = vjps[0].to(state[0].dtype).reshape(())
+            return (vjp_t, *(v.detach() for v in f), *vjps[1:])
 
         def output_time_gradient(i: int) -> torch.Tensor:
             with torch.no_grad():
