@@ -40,8 +40,8 @@ def _poly_mul(p: list[Fraction], q: list[Fraction]) -> list[Fraction]:
     return out
 
 
-def _weights(order: int, shift: int) -> tuple[float, ...]:
-    """Lagrange weights ∫_0^1 ℓ_j(u) du of the order-``order`` Adams formula.
+def exact_weights(order: int, shift: int) -> tuple[Fraction, ...]:
+    """Exact Lagrange weights ∫_0^1 ℓ_j(u) du of the order-``order`` Adams formula.
 
     Nodes u = shift − j for j = 0..order−1 in units of the step from t_n (0 is
     t_n, 1 is t_{n+1}): shift 0 gives Adams–Bashforth (f_n, f_{n−1}, …),
@@ -56,18 +56,20 @@ def _weights(order: int, shift: int) -> tuple[float, ...]:
                 poly = _poly_mul(poly, [-other, Fraction(1)])
                 denom *= node - other
         integral = sum(c / (p + 1) for p, c in enumerate(poly))
-        weights.append(float(integral / denom))
+        weights.append(integral / denom)
     return tuple(weights)
 
 
 @cache
 def bashforth(order: int) -> tuple[float, ...]:
-    return _weights(order, 0)
+    """Adams–Bashforth weights of f_n, f_{n−1}, … (each the float64 nearest the exact value)."""
+    return tuple(float(w) for w in exact_weights(order, 0))
 
 
 @cache
 def moulton(order: int) -> tuple[float, ...]:
-    return _weights(order, 1)
+    """Adams–Moulton weights of f_{n+1}, f_n, … (each the float64 nearest the exact value)."""
+    return tuple(float(w) for w in exact_weights(order, 1))
 
 
 MIN_ORDER = 4

@@ -187,7 +187,9 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.no_grad():
                 f = call(t[i].to(ys[0].real.dtype), tuple(y[i] for y in ys))
             record.nfe_backward += 1
-            return sum((fi * g[i]).sum() for fi, g in zip(f, grad_ys, strict=True))
+            # one dot over the flattened state, as torchdiffeq reduces it: τ enters the
+            # backward norm, so its rounding can decide a step
+            return torch.dot(_flat(f, ()), _flat(tuple(g[i] for g in grad_ys), ()))
 
         record: StepRecord = spec["record"]
         backward = dict(spec["backward"])
