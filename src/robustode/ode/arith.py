@@ -106,11 +106,14 @@ def _row_sum(xs: Sequence) -> Term:
 
 
 def _add(a, b):
+    """a + b; a is a tensor this module created (a product or a partial sum), so it
+    is summed into in place — no allocation — which autograd allows: neither a
+    product's nor a sum's backward keeps its result."""
     if a is None:
         return b
     if b is None:
         return a
-    return a + b
+    return a.add_(b)
 
 
 def _ordered(xs: Sequence, width: int) -> Term:
