@@ -335,3 +335,51 @@ def test_warnings_from_odeint_are_not_raised_for_supported_calls():
                 method=method,
                 options=_options(method),
             )
+
+
+# ------------------------------------------------------------------ odeint_dense
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_odeint_dense_matches_torchdiffeq_and_odeint(dtype):
+    from robustode.ode import odeint_dense
+
+    from .oracle import AdaptiveLoggedField, initial_state
+
+    results = []
+    for dense in (torchdiffeq.odeint_dense, odeint_dense):
+        f = AdaptiveLoggedField(dtype)
+        leaf, y0 = initial_state(dtype, False)
+        fn = dense(
+            f,
+            y0,
+            torch.tensor(0.0, dtype=dtype),
+            torch.tensor(1.0, dtype=dtype),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        # torchdiffeq's takes one time per call
+        values = [fn(torch.tensor(v, dtype=torch.float64)) for v in (0.0, 0.13, 0.5, 0.77)]
+        grads = torch.autograd.grad(sum(v.sum() for v in values), [leaf, f.w])
+        results.append((tuple(v.detach() for v in values), f.nfe, f.log, grads))
+    (v_r, n_r, l_r, g_r), (v_o, n_o, l_o, g_o) = results
+    assert bit_equal(v_o, v_r) and n_o == n_r and l_o == l_r
+    for a, b in zip(g_o, g_r, strict=True):
+        assert relative(a, b) <= GRAD_BOUND[dtype]
+    # ours also takes a vector of times (t1 included) and equals odeint there
+    f = AdaptiveLoggedField(dtype)
+    _, y0 = initial_state(dtype, False)
+    ts = torch.linspace(0, 1, 5, dtype=dtype)
+    fn = odeint_dense(f, y0.detach(), ts[0], ts[-1])
+    assert torch.equal(fn(ts), odeint(f, y0.detach(), ts))
+
+
+def test_odeint_dense_refuses_what_it_cannot_do():
+    from robustode.ode import odeint_dense
+
+    y0 = torch.ones(2)
+    with pytest.raises(ValueError, match="needs an adaptive method"):
+        odeint_dense(lambda t, y: -y, y0, torch.tensor(0.0), torch.tensor(1.0), method="rk4")
+    with pytest.raises(ValueError, match="t1 > t0"):
+        odeint_dense(lambda t, y: -y, y0, torch.tensor(1.0), torch.tensor(0.0))
+    fn = odeint_dense(lambda t, y: -y, y0, torch.tensor(0.0), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="t_eval must lie in"):
+        fn(torch.tensor(-0.5))

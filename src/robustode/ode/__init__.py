@@ -1,10 +1,11 @@
 """robustode's ODE engine: torchdiffeq 0.2.5's public API (``odeint``,
-``odeint_adjoint``, ``odeint_event``) with step semantics we control (batch or
+``odeint_adjoint``, ``odeint_event``, ``odeint_dense``) with step semantics we control (batch or
 per-sample step control, detachable step sizes, step records, adjoint
 gradients, a torchdiffeq reference backend)."""
 
 from .adjoint import odeint_adjoint
 from .config import SolverConfig
+from .dense import odeint_dense
 from .errors import SolverError
 from .events import odeint_event
 from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
@@ -25,5 +26,6 @@ __all__ = [
     "StepRecord",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
     "odeint_event",
 ]

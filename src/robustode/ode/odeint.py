@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,7 @@ from .fixed_steps import FIXED_STEPS
 from .options import (
     DEFAULT_MAX_NUM_STEPS,
     AdaptiveSettings,
+    FixedSettings,
     parse_options,
     tolerance_max,
     tolerance_min,
@@ -95,6 +97,75 @@ def _refuse(step_control: str, what: str, why: str) -> None:
     raise ValueError(f"{what} cannot be combined with step_control='{step_control}': {why}")
 
 
+@dataclass
+class _Prepared:
+    """A checked call: the wrapped field, options, tolerances and time direction."""
+
+    fn: VectorField
+    method: str
+    settings: AdaptiveSettings | FixedSettings
+    rtol: tuple
+    atol: tuple
+    t: torch.Tensor  # increasing (s = sign·t)
+    user_t0: torch.Tensor
+    sign: float
+    callbacks: StepCallbacks
+    record: StepRecord
+
+
+def _prepare(
+    func,
+    y0: State,
+    is_tuple: bool,
+    t: torch.Tensor,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    step_control,
+    record,
+    callbacks,
+) -> _Prepared:
+    dtypes = {v.dtype for v in y0}
+    devices = {v.device for v in y0}
+    if (
+        len(dtypes) != 1
+        or len(devices) != 1
+        or not all(v.is_floating_point() or v.is_complex() for v in y0)
+    ):
+        raise ValueError(
+            "every tensor of y0 must be floating point (or complex), of one dtype and device"
+        )
+    dtype, device = dtypes.pop(), devices.pop()
+    if t.device != device:
+        warnings.warn("t is not on the same device as y0. Coercing to y0.device.", stacklevel=4)
+        t = t.to(device)
+    shapes = [v.shape for v in y0]
+    rtol_c = tolerances("rtol", rtol, shapes, is_tuple, torch.float64, device)
+    atol_c = tolerances("atol", atol, shapes, is_tuple, torch.float64, device)
+    if step_control == "per_sample":
+        sizes = {v.shape[0] if v.dim() else None for v in y0}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                "step_control='per_sample' needs every state tensor to share a leading batch dim"
+            )
+    user_t0 = t[0]
+    sign = 1.0
+    if t.numel() > 1 and bool(t[0] > t[1]):
+        t, sign = -t, -1.0
+    settings = parse_options(method, options, time_sign=sign)
+    fn = VectorField(func, is_tuple, record, dtype, device, sign)
+    record.method = method
+    # fixed grids are shared by every sample: their record is the one grid
+    record.step_control = step_control if method in ADAPTIVE_METHODS else "batch"
+    if callbacks is None:
+        found = find_callbacks(func)
+        warn_unsupported(method, found)
+        callbacks = StepCallbacks(found, fn.layout, sign)
+    return _Prepared(fn, method, settings, rtol_c, atol_c, t, user_t0, sign, callbacks, record)
+
+
 def integrate(
     func: Callable,
     y0: State,
@@ -118,58 +189,33 @@ def integrate(
     ``callbacks`` replaces the ones found on ``func`` (the adjoint's backward
     solve passes the ``*_adjoint`` ones).
     """
-    dtypes = {v.dtype for v in y0}
-    devices = {v.device for v in y0}
-    if (
-        len(dtypes) != 1
-        or len(devices) != 1
-        or not all(v.is_floating_point() or v.is_complex() for v in y0)
-    ):
-        raise ValueError(
-            "every tensor of y0 must be floating point (or complex), of one dtype and device"
-        )
-    dtype, device = dtypes.pop(), devices.pop()
-    if t.device != device:
-        warnings.warn("t is not on the same device as y0. Coercing to y0.device.", stacklevel=3)
-        t = t.to(device)
     if event_fn is not None and len(t) != 2:
         raise ValueError(
             f"We require len(t) == 2 when in event handling mode, but got len(t)={len(t)}."
         )
-    shapes = [v.shape for v in y0]
-    rtol_c = tolerances("rtol", rtol, shapes, is_tuple, torch.float64, device)
-    atol_c = tolerances("atol", atol, shapes, is_tuple, torch.float64, device)
+    p = _prepare(
+        func,
+        y0,
+        is_tuple,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        step_control=step_control,
+        record=record,
+        callbacks=callbacks,
+    )
     adaptive = method in ADAPTIVE_METHODS
     per_sample = step_control == "per_sample"
-    if per_sample:
-        sizes = {v.shape[0] if v.dim() else None for v in y0}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(
-                "step_control='per_sample' needs every state tensor to share a leading batch dim"
-            )
-
-    user_t0 = t[0]
-    sign = 1.0
-    if t.numel() > 1 and bool(t[0] > t[1]):
-        t, sign = -t, -1.0
-    settings = parse_options(method, options, time_sign=sign)
-    fn = VectorField(func, is_tuple, record, dtype, device, sign)
-    record.method = method
-    # fixed grids are shared by every sample: their record is the one grid
-    record.step_control = step_control if adaptive else "batch"
-    if callbacks is None:
-        found = find_callbacks(func)
-        warn_unsupported(method, found)
-        callbacks = StepCallbacks(found, fn.layout, sign)
-
     if per_sample and adaptive:
-        if callbacks:
+        if p.callbacks:
             _refuse(
                 step_control,
                 "step callbacks (callback_step, …)",
                 "they take one (t0, dt) per step, per-sample steps have one per sample",
             )
-        if settings.norm is not None:
+        if p.settings.norm is not None:
             _refuse(
                 step_control,
                 "options['norm']",
@@ -186,91 +232,51 @@ def integrate(
             "step_control='batch'",
         )
 
+    sign, fn = p.sign, p.fn
     internal_event = None
     if event_fn is not None:
-        combined = combine_event_functions(event_fn, user_t0, fn.layout(y0))
+        combined = combine_event_functions(event_fn, p.user_t0, fn.layout(y0))
 
         def internal_event(s, ys):
             return 1.0 * combined(-s if sign < 0 else s, fn.layout(ys))
 
     first_new_step = record.num_steps
-    if t.numel() == 1:
+    if p.t.numel() == 1:
         return tuple(torch.stack([v]) for v in y0)  # a copy, as torchdiffeq returns
     try:
         if adaptive:
-            result = _adaptive(
-                fn,
-                method,
-                y0,
-                t,
-                settings,
-                rtol_c,
-                atol_c,
-                sign,
-                per_sample,
-                detach_step_size,
-                record,
-                callbacks,
-                is_tuple,
-                internal_event,
-            )
+            opts = adaptive_options(p, y0, detach_step_size)
+            result = _adaptive(p, opts, y0, per_sample, internal_event)
         else:
-            result = _fixed(
-                fn,
-                func,
-                method,
-                y0,
-                t,
-                settings,
-                rtol_c,
-                atol_c,
-                sign,
-                record,
-                callbacks,
-                internal_event,
-            )
+            result = _fixed(p, func, y0, internal_event)
     finally:
         if sign < 0:  # also after a failure: that record is what the caller inspects
             record.negate_times(first_new_step)  # the caller's time, not s = -t
     if event_fn is None:
         return tuple(torch.stack([out[i] for out in result]) for i in range(len(y0)))
     event_t, y_event = result
-    event_t = event_t.to(user_t0)
+    event_t = event_t.to(p.user_t0)
     if sign < 0:
         event_t = -event_t
     return event_t, tuple(torch.stack([a, b]) for a, b in zip(y0, y_event, strict=True))
 
 
-def _adaptive(
-    fn,
-    method,
-    y0,
-    t,
-    settings: AdaptiveSettings,
-    rtol,
-    atol,
-    sign,
-    per_sample,
-    detach_step_size,
-    record,
-    callbacks,
-    is_tuple,
-    internal_event,
-):
-    if tolerance_max(rtol) == 0 and tolerance_max(atol) == 0:
+def adaptive_options(p: _Prepared, y0: State, detach_step_size) -> AdaptiveOptions:
+    """The adaptive solver's settings for a prepared call."""
+    if tolerance_max(p.rtol) == 0 and tolerance_max(p.atol) == 0:
         raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
-    tableau = TABLEAUS[method]
+    settings = p.settings
     time_dtype = torch.promote_types(settings.dtype, real_dtype(y0[0].dtype))
-    user_norm = settings.norm
+    user_norm, fn = settings.norm, p.fn
     norm = None
     if user_norm is not None:
 
         def norm(values):
             return user_norm(fn.layout(values))
 
-    opts = AdaptiveOptions(
-        rtol=rtol,
-        atol=atol,
+    return AdaptiveOptions(
+        rtol=p.rtol,
+        atol=p.atol,
         controller=ControllerConfig(
             safety=settings.safety,
             ifactor=settings.ifactor,
@@ -281,44 +287,48 @@ def _adaptive(
         first_step=settings.first_step,
         max_num_steps=settings.max_num_steps,
         detach_step_size=detach_step_size,
-        time_sign=sign,
+        time_sign=p.sign,
         time_dtype=time_dtype,
         step_t=settings.step_t or (),
         jump_t=settings.jump_t or (),
         norm=norm,
     )
-    t_time = t.to(time_dtype)
+
+
+def _adaptive(p: _Prepared, opts: AdaptiveOptions, y0, per_sample, internal_event):
+    tableau = TABLEAUS[p.method]
+    t_time = p.t.to(opts.time_dtype)
     t_values = t_time.detach().cpu().tolist()
     if internal_event is not None:
-        time_grad = t.requires_grad and torch.is_grad_enabled()
+        time_grad = p.t.requires_grad and torch.is_grad_enabled()
         t0_ten = t_time[0].to(y0[0].device) if time_grad else None
-        solver = BatchSolver(fn, tableau, y0, t_values[0], t0_ten, opts, record, callbacks)
+        solver = BatchSolver(p.fn, tableau, y0, t_values[0], t0_ten, opts, p.record, p.callbacks)
         return solver.advance_until_event(internal_event)
     if per_sample:
-        return solve_adaptive_per_sample(fn, tableau, y0, t_values, t_time, opts, record)
-    return solve_adaptive_batch(fn, tableau, y0, t_values, t_time, opts, record, callbacks)
+        return solve_adaptive_per_sample(p.fn, tableau, y0, t_values, t_time, opts, p.record)
+    return solve_adaptive_batch(p.fn, tableau, y0, t_values, t_time, opts, p.record, p.callbacks)
 
 
-def _fixed(fn, func, method, y0, t, settings, rtol, atol, sign, record, callbacks, internal_event):
-    if method in ADAMS_METHODS:
-        stepper = AdamsStepper(settings, rtol, atol)
+def _fixed(p: _Prepared, func, y0, internal_event):
+    if p.method in ADAMS_METHODS:
+        stepper = AdamsStepper(p.settings, p.rtol, p.atol)
     else:
-        stepper = FIXED_STEPS[method]
+        stepper = FIXED_STEPS[p.method]
     solver = FixedGridSolver(
-        fn,
-        method,
+        p.fn,
+        p.method,
         stepper,
         y0,
-        settings,
-        record,
-        callbacks,
-        event_tol=tolerance_min(atol),
+        p.settings,
+        p.record,
+        p.callbacks,
+        event_tol=tolerance_min(p.atol),
         user_func=func,
-        time_sign=sign,
+        time_sign=p.sign,
     )
     if internal_event is not None:
-        return solver.integrate_until_event(t[0], internal_event)
-    return solver.integrate(t)
+        return solver.integrate_until_event(p.t[0], internal_event)
+    return solver.integrate(p.t)
 
 
 def odeint(
