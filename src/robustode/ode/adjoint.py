@@ -42,6 +42,7 @@ from .controller import state_norm
 from .odeint import StateLike, check_method, integrate, prepare_call
 from .record import StepRecord
 from .state import State
+from .tableau import ADAPTIVE_METHODS
 
 
 def _flat(parts: Sequence[torch.Tensor], lead: tuple[int, ...]) -> torch.Tensor:
@@ -201,7 +202,7 @@ class _AdjointSolve(torch.autograd.Function):
             native = _foreign(norm, n, is_tuple)
         else:
             native = None
-        if native is not None and backward["method"] in _adaptive_methods():
+        if native is not None and backward["method"] in ADAPTIVE_METHODS:
             options["norm"] = native
         found = find_callbacks(func, ADJOINT_CALLBACK_NAMES)
         warn_unsupported(backward["method"], found)
@@ -249,12 +250,6 @@ class _AdjointSolve(torch.autograd.Function):
                 time_vjps = torch.cat([time_vjps[:1], torch.zeros_like(t_full[1:])])
         record.nfe_backward += backward_record.nfe_forward
         return (None, time_vjps, None, *adj_y, *adj_p)
-
-
-def _adaptive_methods():
-    from .tableau import ADAPTIVE_METHODS
-
-    return ADAPTIVE_METHODS
 
 
 def _foreign(norm: Callable, n: int, is_tuple: bool) -> Callable:
@@ -367,7 +362,6 @@ def odeint_adjoint(
     adjoint_options["norm"] = _adjoint_norm(
         adjoint_options.get("norm"), [v.shape for v in state], is_tuple, forward_norm
     )
-    decreasing = t.numel() > 1 and bool(t[0] > t[1])
     spec = {
         "func": func,
         "is_tuple": is_tuple,
@@ -379,7 +373,6 @@ def odeint_adjoint(
         # the backward callbacks see the forward solve's time axis (−t on a decreasing grid)
         "time_sign_cb": -1.0,
         "backward": dict(rtol=adjoint_rtol, atol=adjoint_atol, method=b_method),
-        "decreasing": decreasing,
     }
     out = _AdjointSolve.apply(spec, t, len(state), *state, *kept)
     if event_fn is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .adaptive import BatchSolver
-from .odeint import _prepare, adaptive_options
+from .odeint import adaptive_options, prepare_solve
 from .record import StepRecord
 from .tableau import ADAPTIVE_METHODS, TABLEAUS
 
@@ -47,7 +47,7 @@ def odeint_dense(
     if not bool(t[1] > t[0]):
         raise ValueError("odeint_dense needs t1 > t0")
     record = record if record is not None else StepRecord()
-    p = _prepare(
+    p = prepare_solve(
         func,
         (y0,),
         False,

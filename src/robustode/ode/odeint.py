@@ -98,7 +98,7 @@ def _refuse(step_control: str, what: str, why: str) -> None:
 
 
 @dataclass
-class _Prepared:
+class PreparedSolve:
     """A checked call: the wrapped field, options, tolerances and time direction."""
 
     fn: VectorField
@@ -113,7 +113,7 @@ class _Prepared:
     record: StepRecord
 
 
-def _prepare(
+def prepare_solve(
     func,
     y0: State,
     is_tuple: bool,
@@ -126,7 +126,7 @@ def _prepare(
     step_control,
     record,
     callbacks,
-) -> _Prepared:
+) -> PreparedSolve:
     dtypes = {v.dtype for v in y0}
     devices = {v.device for v in y0}
     if (
@@ -163,7 +163,7 @@ def _prepare(
         found = find_callbacks(func)
         warn_unsupported(method, found)
         callbacks = StepCallbacks(found, fn.layout, sign)
-    return _Prepared(fn, method, settings, rtol_c, atol_c, t, user_t0, sign, callbacks, record)
+    return PreparedSolve(fn, method, settings, rtol_c, atol_c, t, user_t0, sign, callbacks, record)
 
 
 def integrate(
@@ -193,7 +193,7 @@ def integrate(
         raise ValueError(
             f"We require len(t) == 2 when in event handling mode, but got len(t)={len(t)}."
         )
-    p = _prepare(
+    p = prepare_solve(
         func,
         y0,
         is_tuple,
@@ -261,7 +261,7 @@ def integrate(
     return event_t, tuple(torch.stack([a, b]) for a, b in zip(y0, y_event, strict=True))
 
 
-def adaptive_options(p: _Prepared, y0: State, detach_step_size) -> AdaptiveOptions:
+def adaptive_options(p: PreparedSolve, y0: State, detach_step_size) -> AdaptiveOptions:
     """The adaptive solver's settings for a prepared call."""
     if tolerance_max(p.rtol) == 0 and tolerance_max(p.atol) == 0:
         raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
@@ -295,7 +295,7 @@ def adaptive_options(p: _Prepared, y0: State, detach_step_size) -> AdaptiveOptio
     )
 
 
-def _adaptive(p: _Prepared, opts: AdaptiveOptions, y0, per_sample, internal_event):
+def _adaptive(p: PreparedSolve, opts: AdaptiveOptions, y0, per_sample, internal_event):
     tableau = TABLEAUS[p.method]
     t_time = p.t.to(opts.time_dtype)
     t_values = t_time.detach().cpu().tolist()
@@ -309,7 +309,7 @@ def _adaptive(p: _Prepared, opts: AdaptiveOptions, y0, per_sample, internal_even
     return solve_adaptive_batch(p.fn, tableau, y0, t_values, t_time, opts, p.record, p.callbacks)
 
 
-def _fixed(p: _Prepared, func, y0, internal_event):
+def _fixed(p: PreparedSolve, func, y0, internal_event):
     if p.method in ADAMS_METHODS:
         stepper = AdamsStepper(p.settings, p.rtol, p.atol)
     else:
