@@ -272,7 +272,7 @@ def test_stiff_blowup_underflows_with_a_named_error():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "rk45"}, "unknown ODE method 'rk45'; choose one of: dopri8, dopri5"),
+        ({"method": "rk45"}, "unknown ODE method 'rk45'; choose one of: dopri5, dopri8"),
         ({"method": "scipy_solver"}, "runs only with backend='torchdiffeq'"),
         ({"step_control": "sample"}, "unknown step_control"),
         ({"backend": "scipy"}, "unknown backend"),

@@ -191,7 +191,8 @@ class BatchSolver:
     def _time_tensor(self, value) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value
-        return torch.tensor(value, dtype=self.opts.time_dtype, device=self.device)
+        # a fill, not a host-to-device copy: no synchronisation on a GPU
+        return torch.full((), value, dtype=self.opts.time_dtype, device=self.device)
 
     def _stage_time_fn(self, base, dt, t1_stage) -> Callable:
         sa = self.sa
@@ -319,8 +320,7 @@ class BatchSolver:
             )
             step.coefficients_graph = torch.is_grad_enabled()
         if any(isinstance(v, torch.Tensor) for v in (target, step.t0, step.t1)):
-            t0, t1 = self._time_tensor(step.t0), self._time_tensor(step.t1)
-            x = (target - t0) / (t1 - t0)
+            x = (target - step.t0) / (step.t1 - step.t0)  # host floats mix in as scalars
         else:
             ta = self.ta
             x = ta.div(ta.sub(target, step.t0), ta.sub(step.t1, step.t0))

@@ -73,8 +73,8 @@ class StepCallbacks:
         callback = self.found.get(name)
         if callback is None:
             return
-        t0 = t0 if isinstance(t0, torch.Tensor) else torch.tensor(t0, dtype=dtype, device=device)
-        dt = dt if isinstance(dt, torch.Tensor) else torch.tensor(dt, dtype=dtype, device=device)
+        t0 = t0 if isinstance(t0, torch.Tensor) else torch.full((), t0, dtype=dtype, device=device)
+        dt = dt if isinstance(dt, torch.Tensor) else torch.full((), dt, dtype=dtype, device=device)
         callback(-t0 if self.time_sign < 0 else t0, self.layout(y), dt)
 
     def step(self, t0, y: State, dt, dtype, device) -> None:

@@ -19,7 +19,6 @@ bound). On top of that, per call:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -138,9 +137,8 @@ def prepare_solve(
             "every tensor of y0 must be floating point (or complex), of one dtype and device"
         )
     dtype, device = dtypes.pop(), devices.pop()
-    if t.device != device:
-        warnings.warn("t is not on the same device as y0. Coercing to y0.device.", stacklevel=4)
-        t = t.to(device)
+    # t may stay on the host (SolverConfig keeps it there): the engine reads it there
+    # anyway, so it is not moved to y0's device (torchdiffeq moves it, with a warning)
     shapes = [v.shape for v in y0]
     rtol_c = tolerances("rtol", rtol, shapes, is_tuple, torch.float64, device)
     atol_c = tolerances("atol", atol, shapes, is_tuple, torch.float64, device)
@@ -255,7 +253,7 @@ def integrate(
     if event_fn is None:
         return tuple(torch.stack([out[i] for out in result]) for i in range(len(y0)))
     event_t, y_event = result
-    event_t = event_t.to(p.user_t0)
+    event_t = event_t.to(device=y0[0].device, dtype=p.user_t0.dtype)  # as torchdiffeq's
     if sign < 0:
         event_t = -event_t
     return event_t, tuple(torch.stack([a, b]) for a, b in zip(y0, y_event, strict=True))

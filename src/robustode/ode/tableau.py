@@ -302,11 +302,12 @@ RK4_38 = ButcherTableau(
     order=4,
 )
 
+# dopri5 first: the default, named first wherever the methods are listed
 TABLEAUS: dict[str, ButcherTableau] = {
     t.name: t
     for t in (
-        DOPRI8,
         DOPRI5,
+        DOPRI8,
         BOSH3,
         FEHLBERG2,
         ADAPTIVE_HEUN,
