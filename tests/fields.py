@@ -65,10 +65,19 @@ def as_tuple(v):
     return v if isinstance(v, tuple) else (v,)
 
 
-def run_against_torchdiffeq(kind: str, method: str, tol: float, dtype, t: torch.Tensor):
+def run_against_torchdiffeq(
+    kind: str,
+    method: str,
+    tol: float | None,
+    dtype,
+    t: torch.Tensor,
+    options: dict | None = None,
+    grads: bool = True,
+):
     """Solve one field with torchdiffeq and with robustode; return (torchdiffeq's
     step log, our record, their outputs, ours, their gradients, ours) — gradients
-    of Σ y·sin(y) w.r.t. y0 and the field's parameters."""
+    of Σ y·sin(y) w.r.t. y0 and the field's parameters (None with ``grads=False``).
+    ``tol=None`` keeps torchdiffeq's default tolerances."""
     import torchdiffeq
 
     from robustode.ode import StepRecord, odeint
@@ -76,9 +85,15 @@ def run_against_torchdiffeq(kind: str, method: str, tol: float, dtype, t: torch.
     f, y0 = make_field(kind, dtype)
     y0 = tuple(v.requires_grad_() for v in y0) if isinstance(y0, tuple) else y0.requires_grad_()
     log = StepLog(f)
-    ref = torchdiffeq.odeint(log, y0, t, rtol=tol, atol=tol, method=method)
-    rec = StepRecord()
-    out = odeint(f, y0, t, rtol=tol, atol=tol, method=method, record=rec)
+    kw = dict(method=method, options=options)
+    if tol is not None:
+        kw.update(rtol=tol, atol=tol)
+    with torch.set_grad_enabled(grads):
+        ref = torchdiffeq.odeint(log, y0, t, **kw)
+        rec = StepRecord()
+        out = odeint(f, y0, t, record=rec, **kw)
+    if not grads:
+        return log, rec, as_tuple(ref), as_tuple(out), None, None
     wrt = [*as_tuple(y0), *f.parameters()]
     g_ref = torch.autograd.grad(sum((r.sin() * r).sum() for r in as_tuple(ref)), wrt)
     g_out = torch.autograd.grad(sum((r.sin() * r).sum() for r in as_tuple(out)), wrt)

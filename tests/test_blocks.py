@@ -156,7 +156,11 @@ def test_reference_block_agrees_with_torchdiffeq():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "midpoint"}, "unknown ODE method 'midpoint'"),
+        ({"method": "rk45"}, "unknown ODE method 'rk45'"),
+        (
+            {"method": "implicit_adams", "step_control": "per_sample"},
+            "cannot be combined with step_control='per_sample'",
+        ),
         ({"tol": 0.0}, "rtol must be a positive number"),
         ({"atol": -1e-3}, "atol must be a positive number"),
         ({"step_size": -0.1}, "step_size must be a positive"),

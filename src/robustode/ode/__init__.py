@@ -1,15 +1,19 @@
-"""robustode's ODE engine: torchdiffeq-compatible ``odeint`` with step semantics
-we control (batch or per-sample step control, detachable step sizes, step
-records, adjoint gradients, a torchdiffeq reference backend)."""
+"""robustode's ODE engine: torchdiffeq 0.2.5's public API (``odeint``,
+``odeint_adjoint``, ``odeint_event``, ``odeint_dense``) with step semantics we control (batch or
+per-sample step control, detachable step sizes, step records, adjoint
+gradients, a torchdiffeq reference backend)."""
 
 from .adjoint import odeint_adjoint
 from .config import SolverConfig
+from .dense import odeint_dense
 from .errors import SolverError
+from .events import odeint_event
 from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
 from .record import StepRecord
-from .tableau import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS, ButcherTableau
+from .tableau import ADAMS_METHODS, ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS, ButcherTableau
 
 __all__ = [
+    "ADAMS_METHODS",
     "ADAPTIVE_METHODS",
     "BACKENDS",
     "FIXED_METHODS",
@@ -22,4 +26,6 @@ __all__ = [
     "StepRecord",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
+    "odeint_event",
 ]

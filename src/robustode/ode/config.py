@@ -71,6 +71,12 @@ class SolverConfig:
                 f"step_size is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
                 f"{self.method} chooses its own steps: pass step_size=None and set tol"
             )
+        if self.step_control == "per_sample" and self.method in ("implicit_adams", "fixed_adams"):
+            raise ValueError(
+                f"method '{self.method}' cannot be combined with step_control='per_sample': its "
+                "corrector's convergence test spans the batch; explicit_adams or "
+                "step_control='batch'"
+            )
         if self.backend == "torchdiffeq" and (
             self.step_control != "batch" or self.detach_step_size is not None
         ):

@@ -1,10 +1,11 @@
 """The user's vector field as the solvers call it: tuple in, tuple out, counted.
 
-Time is handed to the field as a tensor of the state's dtype, as torchdiffeq
-does (a 0-dim tensor in batch mode, a (B,) tensor in per-sample mode). Stages
-that land on the end of a step see the time nudged one ulp below it
-(torchdiffeq's ``perturb``), so a field with a discontinuity at a grid point is
-evaluated on the correct side.
+Time is handed to the field as a tensor of the state's (real) dtype, as
+torchdiffeq does (a 0-dim tensor in batch mode, a (B,) tensor in per-sample
+mode). Stages that land on the end of a step see the time nudged one ulp below
+it, and with ``perturb`` a step's first stage sees it one ulp above its start
+(torchdiffeq's ``Perturb.PREV``/``NEXT``), so a field with a discontinuity at a
+grid point is evaluated on the side of the step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from .arith import real_dtype
 from .record import StepRecord
 from .state import State
 
@@ -31,12 +33,12 @@ class _CountBackward(torch.autograd.Function):
         return (None, *grads)
 
 
-def _nudge_down(t: torch.Tensor) -> torch.Tensor:
-    """The next representable value below t, with the gradient of t."""
-    lower = torch.nextafter(t.detach(), t.detach() - 1)
+def _nudge(t: torch.Tensor, direction: int) -> torch.Tensor:
+    """The next representable value below (−1) or above (+1) t, with the gradient of t."""
+    moved = torch.nextafter(t.detach(), t.detach() + direction)
     if t.requires_grad:
-        return t + (lower - t.detach())
-    return lower
+        return t + (moved - t.detach())
+    return moved
 
 
 class VectorField:
@@ -55,20 +57,26 @@ class VectorField:
         self.is_tuple = is_tuple
         self.record = record
         self.dtype = dtype
+        self.time_dtype = real_dtype(dtype)
         self.device = device
         self.sign = sign  # -1 integrates a decreasing time grid as s = -t
 
-    def time(self, value: float | torch.Tensor, nudge: bool = False) -> torch.Tensor:
-        """The time tensor handed to ``func`` for an integration time ``value``."""
+    def time(self, value: float | torch.Tensor, nudge: int = 0) -> torch.Tensor:
+        """The time tensor handed to ``func`` for an integration time ``value``,
+        nudged one ulp down (−1) or up (+1)."""
         if isinstance(value, torch.Tensor):
-            t = value.to(device=self.device, dtype=self.dtype)
+            t = value.to(device=self.device, dtype=self.time_dtype)
         else:
-            t = torch.full((), value, dtype=self.dtype, device=self.device)
+            t = torch.full((), value, dtype=self.time_dtype, device=self.device)
         if nudge:
-            t = _nudge_down(t)
+            t = _nudge(t, nudge)
         return t
 
-    def __call__(self, t: float | torch.Tensor, y: State, nudge: bool = False) -> State:
+    def layout(self, y: State):
+        """The state as the caller's function sees it: a tensor or a tuple."""
+        return y if self.is_tuple else y[0]
+
+    def __call__(self, t: float | torch.Tensor, y: State, nudge: int = 0) -> State:
         self.record.nfe_forward += 1
         tt = self.time(t, nudge)
         if self.sign < 0:

@@ -1,9 +1,11 @@
 """``odeint``: a drop-in for ``torchdiffeq.odeint`` with controllable step semantics.
 
 Change ``from torchdiffeq import odeint`` to ``from robustode.ode import odeint``
-and the same call gives the same result (same accepted grid, outputs and
-gradients as torchdiffeq 0.2.5 for euler, rk4, adaptive_heun, bosh3 and dopri5).
-On top of that, per call:
+and the same call gives the same result: every method and option of
+torchdiffeq 0.2.5 (bar ``scipy_solver``, which runs with
+``backend="torchdiffeq"``), its step callbacks, events, complex states and
+warnings (docs/ode-engine.md lists what is equal to the bit and what within a
+bound). On top of that, per call:
 
 * ``step_control="per_sample"`` — each sample gets its own steps, so its output
   no longer depends on the rest of the batch;
@@ -17,36 +19,40 @@ On top of that, per call:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from functools import partial
+from dataclasses import dataclass
 
 import torch
 
-from .adaptive import AdaptiveOptions, solve_adaptive_batch, solve_adaptive_per_sample
+from .adams import AdamsStepper
+from .adaptive import AdaptiveOptions, BatchSolver, solve_adaptive_batch, solve_adaptive_per_sample
+from .arith import real_dtype
+from .callbacks import StepCallbacks, find_callbacks, warn_unsupported
 from .controller import ControllerConfig
+from .events import combine_event_functions
 from .field import VectorField
-from .fixed import solve_fixed
+from .fixed import FixedGridSolver
+from .fixed_steps import FIXED_STEPS
+from .options import (
+    DEFAULT_MAX_NUM_STEPS,
+    AdaptiveSettings,
+    FixedSettings,
+    parse_options,
+    tolerance_max,
+    tolerance_min,
+    tolerances,
+)
 from .record import StepRecord
 from .state import State
-from .tableau import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS
+from .tableau import ADAMS_METHODS, ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS
 
 StateLike = torch.Tensor | Sequence[torch.Tensor]
 
-METHODS = tuple(TABLEAUS)
+METHODS = (*TABLEAUS, *ADAMS_METHODS)
+# torchdiffeq's scipy bridge: run it through backend="torchdiffeq"
+REFERENCE_ONLY_METHODS = ("scipy_solver",)
 STEP_CONTROLS = ("batch", "per_sample")
 BACKENDS = ("native", "torchdiffeq")
-DEFAULT_MAX_NUM_STEPS = 100_000
-_ADAPTIVE_OPTIONS = {
-    "first_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-    "min_step",
-    "max_step",
-    "max_num_steps",
-}
-_FIXED_OPTIONS = {"step_size", "max_num_steps"}
 
 
 def _as_state(y0: StateLike) -> tuple[State, bool]:
@@ -55,18 +61,6 @@ def _as_state(y0: StateLike) -> tuple[State, bool]:
     if isinstance(y0, (tuple, list)) and y0 and all(isinstance(v, torch.Tensor) for v in y0):
         return tuple(y0), True
     raise TypeError("y0 must be a tensor or a non-empty tuple of tensors")
-
-
-def _per_component(name: str, value, n: int) -> tuple[float, ...]:
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
-    if len(values) != n:
-        raise ValueError(f"{name} has {len(values)} entries; the state has {n} tensors")
-    out = tuple(float(v) for v in values)
-    if any(not math.isfinite(v) or v < 0 for v in out):
-        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")
-    return out
 
 
 def _check_time(t) -> torch.Tensor:
@@ -83,31 +77,91 @@ def _check_time(t) -> torch.Tensor:
     return t
 
 
-def _check_options(method: str, options: dict | None) -> dict:
-    options = dict(options or {})
-    allowed = _ADAPTIVE_OPTIONS if method in ADAPTIVE_METHODS else _FIXED_OPTIONS
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for method '{method}'; "
-            f"accepted: {sorted(allowed)}"
-        )
-    max_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-    if int(max_steps) < 1:
-        raise ValueError(f"max_num_steps must be ≥ 1, got {max_steps}")
-    if "step_size" in options and options["step_size"] is not None:
-        h = float(options["step_size"])
-        if not (math.isfinite(h) and h > 0):
-            raise ValueError(f"step_size must be a positive number, got {options['step_size']}")
-    return options
-
-
-def check_method(method: str | None) -> str:
+def check_method(method: str | None, backend: str = "native") -> str:
     """Resolve ``None`` to dopri5 and reject unknown method names."""
     method = "dopri5" if method is None else method
-    if method not in TABLEAUS:
+    if method in REFERENCE_ONLY_METHODS:
+        if backend == "torchdiffeq":
+            return method
+        raise ValueError(
+            f"method '{method}' (scipy.integrate.solve_ivp through torchdiffeq) runs only with "
+            "backend='torchdiffeq'; robustode has no native scipy bridge"
+        )
+    if method not in METHODS:
         raise ValueError(f"unknown ODE method '{method}'; choose one of: {', '.join(METHODS)}")
     return method
+
+
+def _refuse(step_control: str, what: str, why: str) -> None:
+    raise ValueError(f"{what} cannot be combined with step_control='{step_control}': {why}")
+
+
+@dataclass
+class PreparedSolve:
+    """A checked call: the wrapped field, options, tolerances and time direction."""
+
+    fn: VectorField
+    method: str
+    settings: AdaptiveSettings | FixedSettings
+    rtol: tuple
+    atol: tuple
+    t: torch.Tensor  # increasing (s = sign·t)
+    user_t0: torch.Tensor
+    sign: float
+    callbacks: StepCallbacks
+    record: StepRecord
+
+
+def prepare_solve(
+    func,
+    y0: State,
+    is_tuple: bool,
+    t: torch.Tensor,
+    *,
+    rtol,
+    atol,
+    method,
+    options,
+    step_control,
+    record,
+    callbacks,
+) -> PreparedSolve:
+    dtypes = {v.dtype for v in y0}
+    devices = {v.device for v in y0}
+    if (
+        len(dtypes) != 1
+        or len(devices) != 1
+        or not all(v.is_floating_point() or v.is_complex() for v in y0)
+    ):
+        raise ValueError(
+            "every tensor of y0 must be floating point (or complex), of one dtype and device"
+        )
+    dtype, device = dtypes.pop(), devices.pop()
+    # t may stay on the host (SolverConfig keeps it there): the engine reads it there
+    # anyway, so it is not moved to y0's device (torchdiffeq moves it, with a warning)
+    shapes = [v.shape for v in y0]
+    rtol_c = tolerances("rtol", rtol, shapes, is_tuple, torch.float64, device)
+    atol_c = tolerances("atol", atol, shapes, is_tuple, torch.float64, device)
+    if step_control == "per_sample":
+        sizes = {v.shape[0] if v.dim() else None for v in y0}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                "step_control='per_sample' needs every state tensor to share a leading batch dim"
+            )
+    user_t0 = t[0]
+    sign = 1.0
+    if t.numel() > 1 and bool(t[0] > t[1]):
+        t, sign = -t, -1.0
+    settings = parse_options(method, options, time_sign=sign)
+    fn = VectorField(func, is_tuple, record, dtype, device, sign)
+    record.method = method
+    # fixed grids are shared by every sample: their record is the one grid
+    record.step_control = step_control if method in ADAPTIVE_METHODS else "batch"
+    if callbacks is None:
+        found = find_callbacks(func)
+        warn_unsupported(method, found)
+        callbacks = StepCallbacks(found, fn.layout, sign)
+    return PreparedSolve(fn, method, settings, rtol_c, atol_c, t, user_t0, sign, callbacks, record)
 
 
 def integrate(
@@ -119,68 +173,160 @@ def integrate(
     rtol,
     atol,
     method: str,
-    options: dict,
+    options: dict | None,
     step_control: str,
     detach_step_size: bool | None,
     record: StepRecord,
-) -> State:
-    """Solve with the native engine; return one (len(t), ...) tensor per state tensor."""
-    tableau = TABLEAUS[method]
-    dtypes = {v.dtype for v in y0}
-    devices = {v.device for v in y0}
-    if len(dtypes) != 1 or len(devices) != 1 or not all(v.is_floating_point() for v in y0):
-        raise ValueError("every tensor of y0 must be floating point, of one dtype and device")
-    dtype, device = dtypes.pop(), devices.pop()
-    rtol_c = _per_component("rtol", rtol, len(y0))
-    atol_c = _per_component("atol", atol, len(y0))
-    if step_control == "per_sample":
-        sizes = {v.shape[0] if v.dim() else None for v in y0}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(
-                "step_control='per_sample' needs every state tensor to share a leading batch dim"
+    event_fn: Callable | None = None,
+    callbacks: StepCallbacks | None = None,
+):
+    """Solve with the native engine.
+
+    Returns one (len(t), ...) tensor per state tensor, or with ``event_fn``
+    ``(event_t, states)`` with states of length 2 (start and event).
+    ``callbacks`` replaces the ones found on ``func`` (the adjoint's backward
+    solve passes the ``*_adjoint`` ones).
+    """
+    if event_fn is not None and len(t) != 2:
+        raise ValueError(
+            f"We require len(t) == 2 when in event handling mode, but got len(t)={len(t)}."
+        )
+    p = prepare_solve(
+        func,
+        y0,
+        is_tuple,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        step_control=step_control,
+        record=record,
+        callbacks=callbacks,
+    )
+    adaptive = method in ADAPTIVE_METHODS
+    per_sample = step_control == "per_sample"
+    if per_sample and adaptive:
+        if p.callbacks:
+            _refuse(
+                step_control,
+                "step callbacks (callback_step, …)",
+                "they take one (t0, dt) per step, per-sample steps have one per sample",
             )
+        if p.settings.norm is not None:
+            _refuse(
+                step_control,
+                "options['norm']",
+                "a norm gives one number for the batch; per-sample control needs one "
+                "per sample (the default norm)",
+            )
+        if event_fn is not None:
+            _refuse(step_control, "event_fn", "the event time is one for the whole batch")
+    if per_sample and method in ("implicit_adams", "fixed_adams"):
+        _refuse(
+            step_control,
+            f"method '{method}'",
+            "its corrector's convergence test spans the batch; explicit_adams or "
+            "step_control='batch'",
+        )
 
-    sign = 1.0
-    if t.numel() > 1 and bool(t[0] > t[1]):
-        t, sign = -t, -1.0
-    fn = VectorField(func, is_tuple, record, dtype, device, sign)
-    record.method, record.step_control = method, step_control
-    max_steps = int(options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
+    sign, fn = p.sign, p.fn
+    internal_event = None
+    if event_fn is not None:
+        combined = combine_event_functions(event_fn, p.user_t0, fn.layout(y0))
+
+        def internal_event(s, ys):
+            return 1.0 * combined(-s if sign < 0 else s, fn.layout(ys))
+
     first_new_step = record.num_steps
-
-    if t.numel() == 1:
+    if p.t.numel() == 1:
         return tuple(torch.stack([v]) for v in y0)  # a copy, as torchdiffeq returns
-    if tableau.adaptive:
-        if max(rtol_c) == 0 and max(atol_c) == 0:
-            raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
-        opts = AdaptiveOptions(
-            rtol=rtol_c,
-            atol=atol_c,
-            controller=ControllerConfig(
-                safety=float(options.get("safety", 0.9)),
-                ifactor=float(options.get("ifactor", 10.0)),
-                dfactor=float(options.get("dfactor", 0.2)),
-                min_step=float(options.get("min_step", 0.0)),
-                max_step=float(options.get("max_step", math.inf)),
-            ),
-            first_step=options.get("first_step"),
-            max_num_steps=max_steps,
-            detach_step_size=detach_step_size,
-            time_sign=sign,
-        )
-        t64 = t.to(torch.promote_types(torch.float64, dtype))
-        solver = solve_adaptive_per_sample if step_control == "per_sample" else solve_adaptive_batch
-        solve = partial(solver, fn, tableau, y0, t64.detach().cpu().tolist(), t64, opts, record)
-    else:
-        solve = partial(
-            solve_fixed, fn, tableau, y0, t, options.get("step_size"), record, max_steps
-        )
     try:
-        outputs = solve()
+        if adaptive:
+            opts = adaptive_options(p, y0, detach_step_size)
+            result = _adaptive(p, opts, y0, per_sample, internal_event)
+        else:
+            result = _fixed(p, func, y0, internal_event)
     finally:
         if sign < 0:  # also after a failure: that record is what the caller inspects
             record.negate_times(first_new_step)  # the caller's time, not s = -t
-    return tuple(torch.stack([out[i] for out in outputs]) for i in range(len(y0)))
+    if event_fn is None:
+        return tuple(torch.stack([out[i] for out in result]) for i in range(len(y0)))
+    event_t, y_event = result
+    event_t = event_t.to(device=y0[0].device, dtype=p.user_t0.dtype)  # as torchdiffeq's
+    if sign < 0:
+        event_t = -event_t
+    return event_t, tuple(torch.stack([a, b]) for a, b in zip(y0, y_event, strict=True))
+
+
+def adaptive_options(p: PreparedSolve, y0: State, detach_step_size) -> AdaptiveOptions:
+    """The adaptive solver's settings for a prepared call."""
+    if tolerance_max(p.rtol) == 0 and tolerance_max(p.atol) == 0:
+        raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
+    settings = p.settings
+    time_dtype = torch.promote_types(settings.dtype, real_dtype(y0[0].dtype))
+    user_norm, fn = settings.norm, p.fn
+    norm = None
+    if user_norm is not None:
+
+        def norm(values):
+            return user_norm(fn.layout(values))
+
+    return AdaptiveOptions(
+        rtol=p.rtol,
+        atol=p.atol,
+        controller=ControllerConfig(
+            safety=settings.safety,
+            ifactor=settings.ifactor,
+            dfactor=settings.dfactor,
+            min_step=settings.min_step,
+            max_step=settings.max_step,
+        ),
+        first_step=settings.first_step,
+        max_num_steps=settings.max_num_steps,
+        detach_step_size=detach_step_size,
+        time_sign=p.sign,
+        time_dtype=time_dtype,
+        step_t=settings.step_t or (),
+        jump_t=settings.jump_t or (),
+        norm=norm,
+    )
+
+
+def _adaptive(p: PreparedSolve, opts: AdaptiveOptions, y0, per_sample, internal_event):
+    tableau = TABLEAUS[p.method]
+    t_time = p.t.to(opts.time_dtype)
+    t_values = t_time.detach().cpu().tolist()
+    if internal_event is not None:
+        time_grad = p.t.requires_grad and torch.is_grad_enabled()
+        t0_ten = t_time[0].to(y0[0].device) if time_grad else None
+        solver = BatchSolver(p.fn, tableau, y0, t_values[0], t0_ten, opts, p.record, p.callbacks)
+        return solver.advance_until_event(internal_event)
+    if per_sample:
+        return solve_adaptive_per_sample(p.fn, tableau, y0, t_values, t_time, opts, p.record)
+    return solve_adaptive_batch(p.fn, tableau, y0, t_values, t_time, opts, p.record, p.callbacks)
+
+
+def _fixed(p: PreparedSolve, func, y0, internal_event):
+    if p.method in ADAMS_METHODS:
+        stepper = AdamsStepper(p.settings, p.rtol, p.atol)
+    else:
+        stepper = FIXED_STEPS[p.method]
+    solver = FixedGridSolver(
+        p.fn,
+        p.method,
+        stepper,
+        y0,
+        p.settings,
+        p.record,
+        p.callbacks,
+        event_tol=tolerance_min(p.atol),
+        user_func=func,
+        time_sign=p.sign,
+    )
+    if internal_event is not None:
+        return solver.integrate_until_event(p.t[0], internal_event)
+    return solver.integrate(p.t)
 
 
 def odeint(
@@ -188,21 +334,23 @@ def odeint(
     y0: StateLike,
     t: torch.Tensor,
     *,
-    rtol: float | Sequence[float] = 1e-7,
-    atol: float | Sequence[float] = 1e-9,
+    rtol: float | Sequence[float] | torch.Tensor = 1e-7,
+    atol: float | Sequence[float] | torch.Tensor = 1e-9,
     method: str | None = None,
     options: dict | None = None,
+    event_fn: Callable | None = None,
     step_control: str = "batch",
     detach_step_size: bool | None = None,
     record: StepRecord | None = None,
     backend: str = "native",
-) -> torch.Tensor | tuple[torch.Tensor, ...]:
+):
     """Solve dy/dt = func(t, y), y(t[0]) = y0, returning y at every time in ``t``.
 
     Same signature and return layout as ``torchdiffeq.odeint`` (a tensor of
-    shape (len(t), *y0.shape), or a tuple of such for a tuple ``y0``); the
-    keyword arguments after ``options`` are robustode's additions (module
-    docstring). In per-sample mode ``func`` receives t as a (B,) tensor.
+    shape (len(t), *y0.shape), or a tuple of such for a tuple ``y0``; with
+    ``event_fn``, ``(event_t, solution)``); the keyword arguments after
+    ``event_fn`` are robustode's additions (module docstring). In per-sample
+    mode ``func`` receives t as a (B,) tensor.
     """
     state, is_tuple, t, common = prepare_call(
         y0,
@@ -219,8 +367,11 @@ def odeint(
     if backend == "torchdiffeq":
         from .reference import torchdiffeq_odeint
 
-        return torchdiffeq_odeint(func, y0, t, adjoint=False, **common)
-    out = integrate(func, state, is_tuple, t, **common)
+        return torchdiffeq_odeint(func, y0, t, adjoint=False, event_fn=event_fn, **common)
+    out = integrate(func, state, is_tuple, t, event_fn=event_fn, **common)
+    if event_fn is not None:
+        event_t, out = out
+        return event_t, (out if is_tuple else out[0])
     return out if is_tuple else out[0]
 
 
@@ -242,19 +393,23 @@ def prepare_call(
     Returns the state as a tuple, whether the caller passed a tuple, the
     checked times, and the keyword arguments of one solve.
     """
-    method = check_method(method)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    method = check_method(method, backend)
     if step_control not in STEP_CONTROLS:
         raise ValueError(
             f"unknown step_control '{step_control}'; choose one of: {', '.join(STEP_CONTROLS)}"
         )
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if detach_step_size not in (None, True, False):
+        raise ValueError("detach_step_size must be None, True or False")
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
     state, is_tuple = _as_state(y0)
     common = dict(
         rtol=rtol,
         atol=atol,
         method=method,
-        options=_check_options(method, options),
+        options=options,
         step_control=step_control,
         detach_step_size=detach_step_size,
         record=record if record is not None else StepRecord(),
@@ -262,4 +417,4 @@ def prepare_call(
     return state, is_tuple, _check_time(t), common
 
 
-__all__ = ["FIXED_METHODS", "METHODS", "odeint"]
+__all__ = ["DEFAULT_MAX_NUM_STEPS", "FIXED_METHODS", "METHODS", "odeint"]

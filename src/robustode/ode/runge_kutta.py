@@ -33,7 +33,7 @@ def rk_step(
     for c, row in zip(tableau.c, tableau.a, strict=True):
         coeffs = [scale_coefficient(a, dt, dtype) for a in row]
         yi = lincomb(y0, coeffs, ks[: len(row)])
-        ks.append(field(stage_time(c), yi, nudge=nudge_end and c == 1.0))
+        ks.append(field(stage_time(c), yi, nudge=-1 if nudge_end and c == 1.0 else 0))
     if tableau.fsal:
         y1 = yi
     else:
