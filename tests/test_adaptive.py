@@ -110,7 +110,8 @@ def test_substitutes_of_each_kind():
         SolverSubstitute(create_model("resnet10", width=4, in_channels=1), "fixed")
 
 
-@pytest.mark.parametrize("kind", ["euler", "dopri5"])
+# dopri5: ≈ 7 s of adaptive-step attacks (the --fast tier runs the Euler model only)
+@pytest.mark.parametrize("kind", ["euler", pytest.param("dopri5", marks=pytest.mark.slow)])
 def test_adaptive_pgd_is_never_weaker_than_plain_pgd(models, kind):
     """The issue's acceptance: robust accuracy ≤ plain PGD's + 1 point, on every model."""
     model = models[kind]

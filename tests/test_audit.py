@@ -109,6 +109,7 @@ def _show(name: str, report: AuditReport) -> None:
 
 
 # ------------------------------------------------------------------ acceptance
+@pytest.mark.slow  # trains the PGD-AT model (pgd_trained)
 def test_pgd_trained_resnet10_shows_no_masking(pgd_trained, tmp_path):
     model, x, y = pgd_trained
     report = audit(model, x, y, eps=EPS, level="quick", seed=0)
@@ -123,6 +124,7 @@ def test_pgd_trained_resnet10_shows_no_masking(pgd_trained, tmp_path):
     assert "no masking detected" in md_path.read_text()
 
 
+@pytest.mark.slow  # trains the PGD-AT model (pgd_trained)
 def test_quantised_input_is_masked_and_says_why(pgd_trained):
     net, x, y = pgd_trained
     report = audit(Quantised(net), x, y, eps=EPS, level="quick", surrogate=net, seed=0)

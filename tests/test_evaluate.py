@@ -264,6 +264,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_two_gloo_processes_match_one_process(run_dir, tmp_path, capsys):
     args = ["--num-images", "14", "--batch-size", "3", "--seed", "2", "--no-progress-bar"]
     args += ["--attacks", "pgd20-linf,spsa:iterations=2,samples=4"]
