@@ -110,18 +110,28 @@ def test_substitutes_of_each_kind():
         SolverSubstitute(create_model("resnet10", width=4, in_channels=1), "fixed")
 
 
-@pytest.mark.parametrize("kind", ["euler", "dopri5"])
+# dopri5: ≈ 7 s of adaptive-step attacks (the --fast tier runs the Euler model only)
+@pytest.mark.parametrize("kind", ["euler", pytest.param("dopri5", marks=pytest.mark.slow)])
 def test_adaptive_pgd_is_never_weaker_than_plain_pgd(models, kind):
-    """The issue's acceptance: robust accuracy ≤ plain PGD's + 1 point, on every model."""
+    """The issue's acceptance: robust accuracy ≤ plain PGD's + 1 point, on every model.
+
+    On 100 images one point is one image. Measured over training seeds 0–4 × 1 and 2 threads,
+    Xeon (AVX-512), and seeds 0–2 with AVX2 kernels (ATEN_CPU_CAPABILITY=avx2), 2026-11-29:
+    clean 0.88–0.97 (Euler), 0.69–0.96 (dopri5); robust points, adaptive minus plain: 0 for
+    every Euler substitute, −16 to 0 for dopri5. Never above 0 — but on dopri5 up to 2 points
+    that plain PGD broke survive a substitute (batch-mates move the shared step sizes), so a
+    net +1 is possible on another machine, and the 1-point allowance is kept.
+    """
     model = models[kind]
-    x, y = _digits(96)
+    x, y = _digits(100)
     settings = {"eps": 0.1, "steps": 20, "step_size": 0.01, "random_start": False}
     plain = PGD("linf", **settings).run(model, x, y)
     assert plain.clean_accuracy > 0.5  # a model that learned something
     for substitute in ("fixed", "per_sample", "tight", "detached"):
         adaptive = SolverSubstitution(PGD("linf", **settings), substitute).run(model, x, y)
         assert torch.equal(adaptive.clean_correct, plain.clean_correct)
-        assert adaptive.robust_accuracy <= plain.robust_accuracy + 0.01, substitute
+        # counted in images: 0.01 of 100 as a float sum could round either way
+        assert int(adaptive.robust.sum()) <= int(plain.robust.sum()) + 1, substitute
         if kind == "euler":  # a point's prediction does not depend on its batch-mates
             assert not (plain.success & ~adaptive.success).any()  # per point, never weaker
         assert adaptive.queries.max() <= 2 * (settings["steps"] + 1)

@@ -42,13 +42,22 @@ def small_model(cifar):
     return train_small_model(small_cnn(), x_train, y_train, epochs=6)
 
 
-def test_natural_resnet10_falls_to_at_most_2_percent_under_pgd20(cifar):
+def test_natural_resnet10_falls_to_at_most_5_percent_under_pgd20(cifar):
     (x_train, y_train), (x, y) = cifar
-    model = train_small_model(create_model("resnet10", width=8, seed=0), x_train, y_train, epochs=4)
+    # The learning rate decays linearly to 0. With a constant one the last weights are one step
+    # of a noisy walk: clean accuracy 0.27–0.42 and robust 0.002–0.030 over seeds 0–4 × 1 and
+    # 2 threads, on one user's machine clean 0.288 — the former `clean > 0.3` and
+    # `robust <= 0.02` both failed somewhere. With the decay, measured over seeds 0–4
+    # (weights, batch order, flips) × 1 and 2 threads, Xeon (AVX-512), and seeds 0–2 with AVX2
+    # kernels (ATEN_CPU_CAPABILITY=avx2), 2026-11-29: clean 0.406–0.480, robust under PGD-20
+    # 0.002–0.026 (1–13 of 500 points survive). The thresholds leave ≥ 0.1 and ≥ 0.024 of
+    # margin and still tell a working attack (≈ 0) from a broken one (≈ clean, ≥ 0.4).
+    model = create_model("resnet10", width=8, seed=0)
+    model = train_small_model(model, x_train, y_train, epochs=4, decay=True)
     clean = robust_accuracy(model, x, y)
-    assert clean > 0.3  # it learned real features (chance is 0.1)
+    assert clean > 0.3  # it learned real features (chance is 0.1 ± 0.013 on 500 images)
     result = create_attack("pgd20-linf", eps=8 / 255).run(model, x, y)
-    assert result.robust_accuracy <= 0.02
+    assert result.robust_accuracy <= 0.05
     assert result.clean_accuracy == pytest.approx(clean)
 
 

@@ -163,7 +163,11 @@ def test_robust_accuracy_equals_the_attack_run_directly(mlp, tmp_path):
     robust = result.points["pgd20-linf"].robust & result.points["cw-margin-linf"].robust
     assert same["robust_points"] == int(robust.sum())
     assert same["robust_accuracy"] <= min(rows[i]["robust_accuracy"] for i in same["attacks"])
-    assert 0 < same["robust_accuracy"] < report["clean_accuracy"]  # a meaningful test model
+    # a meaningful test model: some points survive both attacks, some clean ones do not.
+    # Measured over the MLP's init seeds 0–4 × 1 and 2 threads (AVX-512, and AVX2 kernels
+    # via ATEN_CPU_CAPABILITY=avx2), Xeon, 2026-11-29: clean 22–23 of 24, worst case 20–21
+    # of 24 — at least 20 points above 0 and 1–2 below clean on every trajectory
+    assert 0 < same["robust_accuracy"] < report["clean_accuracy"]
     assert (tmp_path / "report.json").is_file() and (tmp_path / "report.md").is_file()
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -265,6 +269,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_two_gloo_processes_match_one_process(run_dir, tmp_path, capsys):
     args = ["--num-images", "14", "--batch-size", "3", "--seed", "2", "--no-progress-bar"]
     args += ["--attacks", "pgd20-linf,spsa:iterations=2,samples=4"]

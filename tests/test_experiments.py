@@ -130,7 +130,13 @@ def test_reproduce_smoke_runs_end_to_end_and_prints_the_papers_numbers(table, tm
     assert [r["label"] for r in saved["rows"]] == [r.label for r in rows]
     for row, saved_row in zip(rows, saved["rows"], strict=True):
         ours = saved_row["ours"]
-        assert ours["clean"] > 0.15, row.label  # above chance (10 classes) after two epochs
+        # above chance (10 classes) after two epochs. Measured on its 64 images over training
+        # seeds 0–2 × 1 and 2 threads, Xeon (AVX-512), and sonet-t2 seed 0 with AVX2 kernels
+        # (ATEN_CPU_CAPABILITY=avx2), 2026-11-29: sonet-t2's rows 0.91–1.00, lad-t1's
+        # 0.375–0.95 (LAD 0.375–0.75, λ-damp 0.41–0.92: the widest spread). A model at chance
+        # clears 0.2 (13 of 64) with probability 0.01; the lowest measured row is 11 images
+        # above it
+        assert ours["clean"] > 0.2, row.label
         for column in PAPER_TABLES[table].columns:
             if column.attack:
                 assert 0.0 <= ours[column.key] <= ours["clean"] + 1e-9, (row.label, column.key)

@@ -46,5 +46,11 @@ def test_100_sgd_steps_lower_the_training_loss(name, options, one_thread):
     after = loss_on_all()
     first, last = sum(step_losses[:10]) / 10, sum(step_losses[-10:]) / 10
     assert before > 2.0, "an untrained 10-class model starts near ln 10"
-    assert after <= 0.8 * before, f"{name}: loss {before:.3f} → {after:.3f}"
-    assert last <= 0.8 * first, f"{name}: step loss {first:.3f} → {last:.3f}"
+    # Measured over seeds 0–2 (weights and batch draws) × 1 and 2 threads, Xeon (AVX-512),
+    # 2026-11-29 — after/before, last/first: resnet10 0.014–0.039, 0.034–0.062; soblock
+    # 0.001–0.007, 0.004–0.019; preact_resnet56 0.52–0.69, 0.59–0.73 (before 2.31–2.35;
+    # seed 0 with AVX2 kernels, ATEN_CPU_CAPABILITY=avx2: 0.66, 0.72).
+    # 0.85 leaves 0.12 above the worst of them and stays far below 1 (nothing learned: the
+    # mean of 10 batch losses moves by a few hundredths between draws)
+    assert after <= 0.85 * before, f"{name}: loss {before:.3f} → {after:.3f}"
+    assert last <= 0.85 * first, f"{name}: step loss {first:.3f} → {last:.3f}"

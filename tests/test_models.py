@@ -49,10 +49,22 @@ def test_parameter_counts_of_the_variants():
 
 
 # ------------------------------------------------------------------ shapes, gradients, seeds
-@pytest.mark.parametrize("name", ALL_MODELS)
-@pytest.mark.parametrize(
-    ("shape", "num_classes"), [((2, 3, 32, 32), 10), ((3, 1, 8, 8), 100)], ids=["cifar", "digits"]
-)
+# full-size models on 32×32 images that take 5–20 s on 2 cores (the --fast tier leaves them out)
+SLOW_ON_CIFAR = {"odenet", "inresnet56", "lambda_inresnet56", "wrn34_10_soblock"}
+SHAPES = [
+    pytest.param(
+        name,
+        shape,
+        num_classes,
+        id=f"{kind}-{name}",
+        marks=[pytest.mark.slow] if kind == "cifar" and name in SLOW_ON_CIFAR else [],
+    )
+    for kind, shape, num_classes in [("cifar", (2, 3, 32, 32), 10), ("digits", (3, 1, 8, 8), 100)]
+    for name in ALL_MODELS
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "num_classes"), SHAPES)
 def test_forward_gives_logits_and_backward_reaches_the_input(name, shape, num_classes):
     model = create_model(name, in_channels=shape[1], num_classes=num_classes, seed=0)
     x = torch.rand(shape, requires_grad=True)

@@ -305,6 +305,7 @@ def _assert_equals_reference(run: Path, reference: Reference, what: str) -> None
     assert _listing(run) == reference.files, f"{what}: files {_listing(run)}"
 
 
+@pytest.mark.slow  # dozens of killed training processes
 def test_sigkill_at_random_moments_and_mid_write_never_loses_a_checkpoint(
     reference, tmp_path, capsys
 ):
@@ -373,6 +374,7 @@ def _batch_files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("batch-*.json")}
 
 
+@pytest.mark.slow  # killed evaluation processes
 def test_sigkill_mid_evaluation_continues_from_the_finished_batches(reference, tmp_path, capsys):
     from robustode.evaluate.report import strip_timings
 
@@ -754,6 +756,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # two DDP processes
 def test_nonfinite_loss_on_one_ddp_rank_is_skipped_on_every_rank(tmp_path):
     # were only rank 1 to skip its backward, rank 0 would wait in DDP's all-reduce forever
     import socket

@@ -105,7 +105,8 @@ def test_unconstrained_block_has_unstable_jacobians():
     assert _max_real_eigenvalue(field, state) > 0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# seed 1 takes ≈ 20 s on 2 cores, the others ≈ 2 s: the --fast tier runs seeds 0 and 2
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), 2])
 def test_stability_radius_skew_bounded_unconstrained_grows(seed):
     """Inputs 1e-3 apart: the skew block's output distance stays within 10·δ for
     t0 ∈ {1, 5, 20, 50}; the unconstrained block's exceeds 100·δ by t0 = 50."""

@@ -37,7 +37,7 @@ SETTINGS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # two processes: DDP
 
 
 def _free_port() -> int:
