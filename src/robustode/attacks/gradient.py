@@ -11,9 +11,11 @@ subclass may override — :meth:`init_delta` (random start), :meth:`loss`,
   gives Madry's last iterate for adversarial training;
 - with ``early_stop`` attacks only points not yet broken, which leaves the
   robust accuracy unchanged and saves most of the work on undefended models;
-- draws every random number from the attack's own generator.
+- draws every random number from the attack's own generator;
+- with ``eot_iter`` = k > 1 averages each input gradient over k stochastic
+  passes (EOT, for randomised models; :mod:`robustode.attacks.eot`).
 
-Budget: (steps + 1) model calls per point and restart.
+Budget: (steps·eot_iter + 1) model calls per point and restart.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .base import (
     require_counts,
     require_positive,
 )
+from .eot import eot_loss_and_grad, require_eot
 from .losses import get_loss
 from .threat import Norm, ThreatModel
 
@@ -55,6 +58,7 @@ class GradientAttack(Attack):
         loss: str = "ce",
         early_stop: bool = True,
         select: Select = "best",
+        eot_iter: int = 1,
         seed: int = 0,
         model_mode: ModelMode = "eval",
         batch_size: int | None = None,
@@ -63,6 +67,7 @@ class GradientAttack(Attack):
             ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
         require_counts(steps=steps, restarts=restarts)
+        require_eot(eot_iter)
         if step_size is None:
             step_size = 2.5 * eps / steps  # Madry et al.'s rule of thumb
         require_positive(step_size=step_size)
@@ -77,18 +82,20 @@ class GradientAttack(Attack):
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
         self.select = select
+        self.eot_iter = eot_iter
         # training's configuration reads neither the best iterate nor which points broke:
         # skip that bookkeeping and its host syncs on the hot path
         self._track_best = select == "best" or self.early_stop
 
     def budget(self) -> int:
-        return self.restarts * (self.steps + 1)
+        return self.restarts * (self.steps * self.eot_iter + 1)
 
     def describe(self) -> str:
         start = "random start" if self.random_start else "no random start"
+        eot = f", EOT over {self.eot_iter} passes" if self.eot_iter > 1 else ""
         return (
             f"{self.name}: {self.threat.describe()}, {self.steps} steps of {self.step_size:.4g}, "
-            f"{self.loss_name} loss, {start}, {self.restarts} restart(s)"
+            f"{self.loss_name} loss, {start}, {self.restarts} restart(s){eot}"
         )
 
     # ----------------------------------------------------------------- hooks
@@ -149,6 +156,8 @@ class GradientAttack(Attack):
                 if k == self.steps:
                     break
                 (grad,) = torch.autograd.grad(loss.sum(), x_k)
+                if self.eot_iter > 1:
+                    grad = self._eot_grad(oracle, x_k, active, y_a, grad)
                 delta = self.project(delta + self.step_size * self.direction(grad), x_a)
                 if self.early_stop and adv.any():
                     keep = ~adv
@@ -158,6 +167,20 @@ class GradientAttack(Attack):
             row += self.steps + 1
         x_out = best.x if self.select == "best" else last_x
         return x_out, loss_trace, {"first_adversarial": first_adv}
+
+    def _eot_grad(
+        self,
+        oracle: Oracle,
+        x_k: torch.Tensor,
+        active: torch.Tensor,
+        y: torch.Tensor,
+        first: torch.Tensor,
+    ) -> torch.Tensor:
+        """The mean input gradient over ``eot_iter`` passes, ``first`` being the first one's."""
+        _, _, rest = eot_loss_and_grad(
+            oracle, x_k, active, lambda z: self.loss(z, y), self.eot_iter - 1
+        )
+        return (first + (self.eot_iter - 1) * rest) / self.eot_iter
 
 
 class PGD(GradientAttack):
