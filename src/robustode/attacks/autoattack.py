@@ -98,16 +98,17 @@ class AutoAttack(AttackEnsemble):
                     f"AutoAttack's flag: the model seems randomised ({check.describe()}); "
                     "evaluate it with version=rand (EOT)"
                 )
-        rows = result.extra.get("per_attack", [])
-        square = [r for r in rows if r["attack"] == "square"]
-        if square and len(rows) > 1 and rows[0]["attacked"]:
-            share = square[0]["broken"] / max(len(y), 1)
-            if share > SQUARE_GAIN_FLAG:
-                notes.append(
-                    f"AutoAttack's flag: Square broke {100 * share:.2f} % of the points the "
-                    "white-box attacks left robust — a sign of gradient masking; try more "
-                    "queries, restarts or an adaptive attack"
-                )
+        # AutoAttack's check_square_sr: Square's robust accuracy (after it, cumulative) below
+        # every other attack's by more than 0.2 points
+        after = {r["attack"]: r["robust_accuracy"] for r in result.extra.get("per_attack", [])}
+        others = [v for k, v in after.items() if k != "square"]
+        if "square" in after and others and after["square"] < min(others) - SQUARE_GAIN_FLAG:
+            gain = min(others) - after["square"]
+            notes.append(
+                f"AutoAttack's flag: Square lowered the robust accuracy by {100 * gain:.2f} "
+                "points after the white-box attacks — a sign of gradient masking; try more "
+                "queries, restarts or an adaptive attack"
+            )
         result.extra["notes"] = notes
         result.extra["version"] = self.version
         return result
