@@ -50,6 +50,11 @@ from .eot import require_eot
 from .threat import Norm, ThreatModel, lp_norm
 
 _NOT_FOUND = math.inf
+# the hyperplane projections' root finding: bisections in the input's precision, then Newton
+# steps in float64 until the gain is exact to this relative error
+_BISECTIONS = 10
+_NEWTON_STEPS = 30
+_EXACT = 1e-12
 
 
 # ------------------------------------------------------------------ projections
@@ -71,6 +76,32 @@ def _at_bounds(v: torch.Tensor, room: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * room
 
 
+def _solve_increasing(
+    gain, slope, low: torch.Tensor, high: torch.Tensor, r: torch.Tensor, *, log: bool
+) -> torch.Tensor:
+    """The least p in [low, high] with gain(p) = r, for a gain that is piecewise linear,
+    increasing and concave in p, with gain(low) ≤ r ≤ gain(high) (rows; ``gain(p, exact)``
+    sums in float64 when ``exact``, else in the input's precision).
+
+    Bisection narrows the bracket in the input's precision (on a log scale when it spans
+    orders of magnitude), then Newton steps in float64 from its lower end finish on the exact
+    piece: for a concave increasing function they never pass the root, and each lands on it
+    once no kink is left between.
+    """
+    r_low = r.to(low.dtype)
+    for _ in range(_BISECTIONS):
+        mid = (low * high).sqrt() if log else (low + high) / 2
+        below = gain(mid, False) < r_low
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    p = low.double()
+    for _ in range(_NEWTON_STEPS):
+        missing = r - gain(p, True)
+        if bool((missing <= _EXACT * r).all()):
+            break
+        p = p + missing.clamp_min(0) / slope(p).clamp_min(1e-300)
+    return p
+
+
 def project_hyperplane_box(
     norm: str,
     t: torch.Tensor,
@@ -85,13 +116,15 @@ def project_hyperplane_box(
     along it, every minimiser moves coordinate i by sign(v_i)·min(·, u_i):
 
     - L∞: by min(δ, u_i), δ the least value whose gain Σ|v_i|·min(δ, u_i) is r;
-    - L2: by min(λ|v_i|, u_i) (KKT), λ the least value reaching r;
+    - L2: by min(λ|v_i|, u_i) (KKT), λ the least value whose gain reaches r;
     - L1: the coordinates with the largest |v_i| first, each to its bound,
-      the last one partly (a fractional knapsack).
+      the last one partly (a fractional knapsack), found by sorting |v|.
 
-    Each gain is piecewise linear and increasing in its parameter, so sorting
-    its kinks finds the parameter exactly. When even the whole box cannot
-    reach the hyperplane, every coordinate goes to its bound.
+    The L∞ and L2 gains are piecewise linear, increasing and concave in their
+    parameter: bisection and Newton steps find it exactly without sorting the
+    kinks (a sort of every row costs more than the model's gradient at FAB's
+    batch sizes). When even the whole box cannot reach the hyperplane, every
+    coordinate goes to its bound.
     """
     v, a, room, r = _orient(t, w, b, lower, upper)
     a64, room64, r64 = a.double(), room.double(), r.double()[:, None]
@@ -108,32 +141,44 @@ def project_hyperplane_box(
         moved = torch.where(position < j, room_s, torch.zeros_like(room_s))
         moved = moved.scatter(1, j, torch.minimum(partial, room_s.gather(1, j)))
         step = torch.zeros_like(moved).scatter(1, order, moved)
+    elif norm == "linf":
+        # gain(δ) = Σ a·min(δ, u), slope Σ_{u > δ} a; gain(0) = 0, gain(max u) = full
+        def gain(p: torch.Tensor, exact: bool) -> torch.Tensor:
+            if exact:
+                return (a64 * torch.minimum(room64, p)).sum(1, keepdim=True)
+            return (a * torch.minimum(room, p)).sum(1, keepdim=True)
+
+        delta = _solve_increasing(
+            gain,
+            lambda p: (a * (room > p.to(a.dtype))).sum(1, keepdim=True).double(),
+            torch.zeros_like(r)[:, None],
+            room.amax(1, keepdim=True),
+            torch.minimum(r64, full),
+            log=False,
+        )
+        step = torch.minimum(delta, room64)
     else:
-        if norm == "linf":
-            kinks, weight = room64, a64  # gain(δ) = Σ a·min(δ, u)
-        else:
-            kinks = torch.where(a64 > 0, room64 / a64.clamp_min(1e-300), math.inf)
-            weight = a64 * a64  # gain(λ) = Σ a·min(λa, u)
-        kinks_s, order = kinks.sort(1)
-        a_s, room_s, weight_s = (
-            a64.gather(1, order),
-            room64.gather(1, order),
-            weight.gather(1, order),
+        # gain(λ) = Σ a·min(λa, u), slope Σ_{λa < u} a²; the unclipped λ = r/Σa² is a lower
+        # bound, the largest kink u/a an upper one (every coordinate at its bound)
+        squares = a64 * a64
+
+        def gain(p: torch.Tensor, exact: bool) -> torch.Tensor:
+            if exact:
+                return (a64 * torch.minimum(p * a64, room64)).sum(1, keepdim=True)
+            return (a * torch.minimum(p * a, room)).sum(1, keepdim=True)
+
+        lam_low = (r64 / squares.sum(1, keepdim=True).clamp_min(1e-300)).to(a.dtype)
+        kinks = torch.where(a > 0, room / a.clamp_min(1e-30), torch.zeros_like(a))
+        lam_high = torch.maximum(kinks.amax(1, keepdim=True), lam_low)
+        lam = _solve_increasing(
+            gain,
+            lambda p: (a * a * (p.to(a.dtype) * a < room)).sum(1, keepdim=True).double(),
+            lam_low.clamp_min(1e-30),
+            lam_high.clamp_min(1e-30),
+            torch.minimum(r64, full),
+            log=True,
         )
-        saturated = (a_s * room_s).cumsum(1)  # gain of the coordinates at their bound by kink j
-        free = weight_s.flip(1).cumsum(1).flip(1)  # Σ weight of the coordinates not yet at it
-        finite = torch.isfinite(kinks_s)
-        at_kink = torch.where(
-            finite, saturated - a_s * room_s + kinks_s * free, torch.full_like(saturated, math.inf)
-        )
-        # the first kink whose gain reaches r: the parameter lies before it
-        j = (at_kink < r64).sum(1, keepdim=True).clamp(max=a.shape[1] - 1)
-        done = torch.where(j > 0, saturated.gather(1, (j - 1).clamp_min(0)), torch.zeros_like(r64))
-        parameter = (r64 - done) / free.gather(1, j).clamp_min(1e-300)
-        if norm == "linf":
-            step = torch.minimum(parameter.expand_as(room64), room64)
-        else:
-            step = torch.minimum(parameter * a64, room64)
+        step = torch.minimum(lam * a64, room64)
     d = (torch.sign(v).double() * step).to(t.dtype)
     d = torch.where(feasible[:, None], d, _at_bounds(v, room))
     return torch.where(r[:, None] > 0, d, torch.zeros_like(d))
