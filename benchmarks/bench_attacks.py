@@ -2,6 +2,7 @@
 (issue 7, item 3).
 
     python -m benchmarks.bench_attacks [--quick] [--data-dir DIR] [--images 500] [--json out.json]
+        [--only "FAB-T L∞,AutoAttack standard"] [--models natural,pgd]
 
 Two models, both the small CNN of benchmarks/attack_peers.py trained on the
 CIFAR-10 training subset (seed 0): one naturally (6 epochs), one with PGD-AT
@@ -10,8 +11,11 @@ timed interleaved — ours, peer, ours, peer … — median of ``--repeats`` aft
 warm-up round. The ratio is ours / peer (below 1: we are faster).
 
 Targets: PGD ≤ 0.5 on the natural model (we stop attacking points already
-broken), ≤ 1.0 on the PGD-trained one; SPSA ≤ 0.5; our robust accuracy never
-more than 1 point above the peer's.
+broken), ≤ 1.0 on the PGD-trained one; SPSA ≤ 0.5; FAB-T (9 targets, 100
+iterations) and AutoAttack's full standard version (APGD-CE, APGD-T, FAB-T,
+Square at AutoAttack's budgets, against the same composition of torchattacks
+attacks) ≤ 1.0 (issue 19); our robust accuracy never more than 1 point above
+the peer's. The models are evaluated at ε 2/255 (natural) and 8/255 (PGD-AT).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from robustode.errors import InputError
 
 from .attack_peers import (
     PeerPair,
+    autoattack_pairs,
+    composition_pair,
     peer_pairs,
     read_cifar,
     robust_accuracy,
@@ -58,7 +64,9 @@ def check_data(folder: Path) -> None:
         )
 
 
-ISSUE_ATTACKS = ("PGD-20 L∞", "PGD-20 L2", "APGD-CE", "Square", "SPSA")
+ISSUE_ATTACKS = (
+    "PGD-20 L∞", "PGD-20 L2", "APGD-CE", "Square", "SPSA", "FAB-T L∞", "AutoAttack standard",
+)  # fmt: skip
 ACCURACY_SLACK = 0.01  # ours may be at most 1 point less strong than the peer
 
 
@@ -68,6 +76,8 @@ def time_target(attack: str, model: str) -> float | None:
         return 0.5 if model == "natural" else 1.0
     if attack == "SPSA":
         return 0.5
+    if attack in ("FAB-T L∞", "AutoAttack standard"):
+        return 1.0
     return None
 
 
@@ -119,25 +129,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(data: Path, images: int, repeats: int, *, quick: bool = False, names=ISSUE_ATTACKS) -> dict:
-    """Train both models, run every pair on both; returns the JSON-ready result."""
+def run(
+    data: Path,
+    images: int,
+    repeats: int,
+    *,
+    quick: bool = False,
+    names=ISSUE_ATTACKS,
+    model_names: tuple[str, ...] = ("natural", "pgd"),
+) -> dict:
+    """Train the models, run every pair on each; returns the JSON-ready result."""
     x_train, y_train = read_cifar(data, "train", 2000 if quick else None)
     x, y = read_cifar(data, "test", images)
     epochs = 1 if quick else 6
     models: dict[str, nn.Module] = {}
     start = time.perf_counter()
-    torch.manual_seed(0)
-    models["natural"] = train_small_model(small_cnn(), x_train, y_train, epochs=epochs)
-    torch.manual_seed(0)
-    models["pgd"] = train_pgd_model(small_cnn(), x_train, y_train, epochs=epochs)
-    print(f"trained both models in {time.perf_counter() - start:.0f} s", flush=True)
+    if "natural" in model_names:
+        torch.manual_seed(0)
+        models["natural"] = train_small_model(small_cnn(), x_train, y_train, epochs=epochs)
+    if "pgd" in model_names:
+        torch.manual_seed(0)
+        models["pgd"] = train_pgd_model(small_cnn(), x_train, y_train, epochs=epochs)
+    print(f"trained {', '.join(models)} in {time.perf_counter() - start:.0f} s", flush=True)
     budget = {"square_queries": 200, "spsa_iterations": 5} if quick else {}
-    pairs = [p for p in peer_pairs(**budget) if p.name in names]
+    fab = {"fab_steps": 20, "targets": 3} if quick else {}
+    composition = {"steps": 20, "queries": 200} if quick else {}
+    pairs = [p for p in peer_pairs(**budget) + autoattack_pairs(**fab) if p.name in names]
     rows, clean = [], {}
     for model_name, model in models.items():
         clean[model_name] = robust_accuracy(model, x, y)
         print(f"{model_name}: clean accuracy {100 * clean[model_name]:.1f} %", flush=True)
-        for pair in pairs:
+        eps = 2 / 255 if model_name == "natural" else 8 / 255
+        label = "ε 2/255" if model_name == "natural" else "ε 8/255"
+        model_pairs = [*pairs, composition_pair(eps=eps, label=label, **composition)]
+        for pair in [p for p in model_pairs if p.name in names]:
             row = {"model": model_name, **measure(pair, model, x, y, repeats)}
             row["target"] = time_target(pair.name, model_name)
             rows.append(row)
@@ -152,12 +177,17 @@ def run(data: Path, images: int, repeats: int, *, quick: bool = False, names=ISS
 
 
 def section(
-    quick: bool = False, data: Path = DEFAULT_DATA, images: int = 500, repeats: int = 5
+    quick: bool = False,
+    data: Path = DEFAULT_DATA,
+    images: int = 500,
+    repeats: int = 5,
+    names: tuple[str, ...] = ISSUE_ATTACKS,
+    model_names: tuple[str, ...] = ("natural", "pgd"),
 ) -> Section:
-    """Quick: 100 images, 3 repeats, 1-epoch models, small Square/SPSA budgets."""
+    """Quick: 100 images, 3 repeats, 1-epoch models, small Square/SPSA/FAB budgets."""
     images, repeats = (100, 3) if quick else (images, repeats)
     check_data(data)
-    result = run(data, images, repeats, quick=quick)
+    result = run(data, images, repeats, quick=quick, names=names, model_names=model_names)
     clean = ", ".join(f"{k} {100 * v:.1f} %" for k, v in result["clean"].items())
     return Section(
         "attacks",
@@ -178,10 +208,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 images, 3 repeats, small budgets")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated attacks (default: {', '.join(ISSUE_ATTACKS)})",
+    )
+    parser.add_argument("--models", default="natural,pgd", help="natural, pgd or both")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = section(args.quick, args.data_dir, args.images, args.repeats)
+    names = tuple(n.strip() for n in args.only.split(",")) if args.only else ISSUE_ATTACKS
+    unknown = [n for n in names if n not in ISSUE_ATTACKS]
+    model_names = tuple(m.strip() for m in args.models.split(","))
+    if unknown or not set(model_names) <= {"natural", "pgd"}:
+        parser.error(
+            f"--only takes {', '.join(ISSUE_ATTACKS)}; --models takes natural, pgd "
+            f"(got {', '.join(unknown) or args.models})"
+        )
+    result = section(args.quick, args.data_dir, args.images, args.repeats, names, model_names)
     result.report(args.json)
 
 

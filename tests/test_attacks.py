@@ -46,9 +46,12 @@ def _tiny_model(kind: str, channels: int, classes: int, seed: int) -> nn.Module:
 
 def _random_attack(rng: random.Random, norm: str, eps: float) -> A.Attack:
     seed = rng.randrange(1000)
-    kind = rng.choice(["fgsm", "pgd", "ifgsm", "cw-margin", "apgd-ce", "apgd-t"])
+    kind = rng.choice(
+        ["fgsm", "pgd", "ifgsm", "cw-margin", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t"]
+    )
+    kind = rng.choice([kind, "square", "eot", "autoattack"])
     if norm == "linf":
-        kind = rng.choice([kind, "cw-linf", "spsa", "square"])
+        kind = rng.choice([kind, "cw-linf", "spsa"])
     if kind == "fgsm":
         return A.FGSM(norm, eps, seed=seed)
     if kind == "pgd":
@@ -67,24 +70,66 @@ def _random_attack(rng: random.Random, norm: str, eps: float) -> A.Attack:
         return A.IFGSM(norm, eps, steps=3, step_size=eps / 2, seed=seed)
     if kind == "cw-margin":
         return A.CWMarginPGD(norm, eps, steps=3, step_size=eps / 3, seed=seed)
+    large_eps = norm == "l1" and rng.random() < 0.5
     if kind == "apgd-ce":
-        return A.APGDCE(norm, eps, steps=rng.randint(1, 8), seed=seed)
+        return A.APGDCE(norm, eps, steps=rng.randint(1, 8), large_eps=large_eps, seed=seed)
+    if kind == "apgd-dlr":
+        return A.APGDDLR(norm, eps, steps=rng.randint(1, 8), restarts=2, seed=seed)
     if kind == "apgd-t":
-        return A.APGDT(norm, eps, steps=rng.randint(1, 5), targets=rng.randint(1, 3), seed=seed)
+        return A.APGDT(
+            norm, eps, steps=rng.randint(1, 5), targets=rng.randint(1, 3), large_eps=large_eps,
+            seed=seed,
+        )  # fmt: skip
+    if kind == "fab":
+        return A.FAB(norm, eps, steps=rng.randint(1, 6), restarts=rng.randint(1, 2), seed=seed)
+    if kind == "fab-t":
+        return A.FABT(norm, eps, steps=rng.randint(1, 6), targets=rng.randint(1, 3), seed=seed)
+    if kind == "eot":
+        inner = rng.choice(
+            [
+                A.PGD(norm, eps, steps=rng.randint(1, 4), step_size=eps / 2, seed=seed),
+                A.APGDCE(norm, eps, steps=rng.randint(1, 4), seed=seed),
+                A.FABT(norm, eps, steps=rng.randint(1, 3), targets=1, seed=seed),
+            ]
+        )
+        return A.EOT(inner, iterations=rng.randint(1, 3))
+    if kind == "autoattack":
+        return A.autoattack(
+            version=rng.choice(["standard", "plus", "rand"]),
+            norm=norm,
+            eps=eps,
+            steps=rng.randint(1, 3),
+            queries=rng.randint(1, 5),
+            eot_iter=rng.randint(1, 3),
+            seed=seed,
+        )
     if kind == "cw-linf":
         return A.CarliniWagnerLinf(eps, steps=rng.randint(1, 6), lr=rng.choice([5e-3, 0.1]))
     if kind == "spsa":
         return A.SPSA(eps, iterations=2, samples=rng.randint(1, 4), seed=seed)
-    return A.Square(eps, queries=rng.randint(1, 12), seed=seed)
+    return A.Square(
+        eps,
+        norm=norm,
+        queries=rng.randint(1, 12),
+        schedule=rng.choice(["autoattack", "rescaled"]),
+        seed=seed,
+    )
+
+
+_EPS_RANGE = {"linf": (-4, -0.5), "l2": (-3, 0.7), "l1": (-2, 1.3)}
 
 
 def test_every_output_lies_in_the_eps_ball_and_the_box_over_600_random_cases():
-    """600 random (attack, model, shape, ε, seed) cases: zero threat-model or budget violations."""
+    """600 random (attack, model, shape, ε, seed) cases: zero threat-model or budget violations.
+
+    Every attack (FAB, FAB-T, APGD-DLR, APGD-L1 with and without the 3ε/2ε/ε schedule, Square
+    L∞/L2/L1, EOT and the AutoAttack versions included) in every norm, L1 included."""
     rng = random.Random(0)
     violations = []
+    seen: set[tuple[str, str]] = set()
     for case in range(600):
-        norm = rng.choice(["linf", "l2"])
-        eps = 10 ** rng.uniform(-4, -0.5) if norm == "linf" else 10 ** rng.uniform(-3, 0.7)
+        norm = rng.choice(["linf", "l2", "l1"])
+        eps = 10 ** rng.uniform(*_EPS_RANGE[norm])
         n, c = rng.randint(1, 5), rng.choice([1, 3])
         height, width = rng.randint(3, 8), rng.randint(3, 8)
         classes = rng.randint(4, 6)
@@ -99,8 +144,13 @@ def test_every_output_lies_in_the_eps_ball_and_the_box_over_600_random_cases():
             model.model(x)  # materialise lazy layers
         attack = _random_attack(rng, norm, eps)
         result = attack.run(model, x, y)
+        seen.add((norm, attack.name))
         delta = (result.x_adv - x).flatten(1)
-        dist = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+        dist = {
+            "linf": delta.abs().amax(1),
+            "l2": delta.norm(dim=1),
+            "l1": delta.abs().sum(1),
+        }[norm]
         bound = eps + 1e-6 if norm == "linf" else eps * (1 + 1e-5)
         if (dist > bound).any() or result.x_adv.min() < 0 or result.x_adv.max() > 1:
             violations.append((case, attack.describe(), dist.max().item(), eps))
@@ -112,6 +162,10 @@ def test_every_output_lies_in_the_eps_ball_and_the_box_over_600_random_cases():
         if any(p.grad is not None for p in model.parameters()):
             violations.append((case, attack.describe(), "left gradients on the model"))
     assert violations == []
+    for norm in ("linf", "l2", "l1"):  # the random draw did reach every new attack in every norm
+        names = {name for n, name in seen if n == norm}
+        assert {"fab", "fab-t", "apgd-dlr", "square", "autoattack"} <= names, (norm, names)
+        assert any(name.endswith(("+eot1", "+eot2", "+eot3")) for name in names), norm
 
 
 def test_a_clean_misclassified_point_is_never_robust_nor_attacked():
@@ -134,8 +188,12 @@ def test_same_seed_same_result_and_the_global_rng_untouched():
     state = torch.get_rng_state()
     for make in (
         lambda s: A.PGD("l2", 0.3, steps=3, random_start=True, seed=s),
+        lambda s: A.PGD("l1", 2.0, steps=3, random_start=True, seed=s),
         lambda s: A.Square(0.05, queries=20, seed=s),
+        lambda s: A.Square(0.5, norm="l2", queries=20, seed=s),
+        lambda s: A.Square(3.0, norm="l1", queries=20, seed=s),
         lambda s: A.SPSA(0.05, iterations=2, samples=3, seed=s),
+        lambda s: A.APGDCE("l1", 2.0, steps=3, large_eps=True, seed=s),
     ):
         a, b, c = make(1).run(model, x, y), make(1).run(model, x, y), make(2).run(model, x, y)
         assert torch.equal(a.x_adv, b.x_adv)
@@ -258,14 +316,16 @@ def test_ensemble_is_the_per_point_worst_case_and_below_each_member():
     assert A.ThreatModel("linf", 0.05).contains(ensemble.x_adv, x).all()
 
 
-def test_autoattack_preset_says_fab_t_is_left_out():
+def test_autoattack_preset_is_the_standard_version_and_says_so():
     model = _Linear2D().eval()
     x, y = torch.rand(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)
     attack = A.create_attack("autoattack", eps=0.01)
     report = A.ensemble_report(attack.run(model, x, y), title="autoattack")
-    assert "FAB-T is not implemented" in report
-    assert [a.name for a in attack.attacks] == ["apgd-ce", "apgd-t", "square"]
-    assert [a.name for a in A.create_attack("standard").attacks] == ["apgd-ce", "apgd-t", "square"]
+    assert "AutoAttack standard version" in report
+    assert [a.name for a in attack.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [a.name for a in A.create_attack("standard").attacks] == [
+        "apgd-ce", "apgd-t", "fab-t", "square",
+    ]  # fmt: skip
 
 
 def test_early_stop_does_not_change_which_points_are_broken():
@@ -325,7 +385,12 @@ def test_presets_carry_the_papers_settings():
         (lambda m, x, y: A.PGD(eps=-1), "eps must be a finite number > 0"),
         (lambda m, x, y: A.PGD(eps=2.0), "exceeds the box width"),
         (lambda m, x, y: A.PGD(steps=0), "steps must be an integer ≥ 1"),
-        (lambda m, x, y: A.PGD(norm="l1"), "unknown norm"),
+        (lambda m, x, y: A.PGD(norm="l3"), "unknown norm"),
+        (lambda m, x, y: A.EOT(A.Square(), iterations=2), "EOT needs a gradient attack"),
+        (lambda m, x, y: A.PGD(eot_iter=0), "eot_iter must be an integer ≥ 1"),
+        (lambda m, x, y: A.Square(schedule="fast"), "Square's schedule must be one of"),
+        (lambda m, x, y: A.FAB(beta=1.5), "beta (the step back toward x) must be < 1"),
+        (lambda m, x, y: A.create_attack("autoattack", version="x"), "unknown AutoAttack version"),
         (lambda m, x, y: A.create_attack("pgd30"), "unknown attack 'pgd30'; choose one of"),
         (lambda m, x, y: A.create_attack("fgsm", steps=3), "has no option 'steps'"),
         (lambda m, x, y: A.PGD(loss="mse"), "unknown attack loss"),

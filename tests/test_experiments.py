@@ -9,7 +9,14 @@ import pytest
 from robustode.cli import main
 from robustode.experiments.demo import ATTACKS, DemoResult, DemoRow, findings, format_demo
 from robustode.experiments.paper_tables import PAPER_TABLES
-from robustode.experiments.reproduce import FULL, SMOKE, rows_at, scaled_attack, train_config
+from robustode.experiments.reproduce import (
+    FULL,
+    SMOKE,
+    row_attack,
+    rows_at,
+    scaled_attack,
+    train_config,
+)
 from robustode.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +34,7 @@ def test_lad_avg_column_is_the_mean_of_the_four_attacks_as_printed_in_the_paper(
     for table in PAPER_TABLES.values():
         if table.paper != "lad" or "avg" not in {c.key for c in table.columns}:
             continue
-        attack_keys = [c.key for c in table.columns if c.attack]
+        attack_keys = [c.key for c in table.columns if c.attack and c.averaged]
         for row in table.rows:
             mean = sum(row.paper[k] for k in attack_keys) / len(attack_keys)
             assert row.paper["avg"] == pytest.approx(mean, abs=0.011), (table.name, row.label)
@@ -73,6 +80,26 @@ def test_full_scale_keeps_the_papers_recipes():
     config = train_config(lad, c100, FULL, data_dir=None)
     assert (config.epochs, config.milestones, config.defense) == (300, (150, 225), "lad_sm")
     assert config.defense_options["eta"] == 1000.0 and config.defense_options["base"] == "pgd_at"
+
+
+def test_lad_noise_tables_evaluate_noisy_ensemble_rows_with_autoattacks_rand_version():
+    """LAD Tables 4 and 7: the noise baseline and LAD + noise are evaluated through
+    NoisyEnsemble (a randomised model), so their AutoAttack cell is the rand version."""
+    for name in ("lad-t4", "lad-t7"):
+        table = PAPER_TABLES[name]
+        column = next(c for c in table.columns if c.key == "autoattack")
+        assert not column.averaged and any("rand version" in n for n in table.notes)
+        versions = {}
+        for row in table.rows:
+            spec = scaled_attack(row_attack(column, row), FULL)
+            versions[row.label.split(" ", 1)[-1] if " " in row.label else row.label] = spec
+            assert ("version=rand" in spec) == ("noise" in row.label), (name, row.label, spec)
+            assert "noisy_ensemble" in row.inference or "version=rand" not in spec
+        assert sum("version=rand" in s for s in versions.values()) == 3
+    for name in ("lad-t1", "lad-t2", "lad-t3", "lad-t5", "lad-t6"):
+        assert all(c.key != "autoattack" for c in PAPER_TABLES[name].columns)
+    smoke = scaled_attack("autoattack:version=rand", SMOKE)
+    assert smoke == "autoattack:version=rand,steps=10,queries=100,eot_iter=2"
 
 
 def test_smoke_caps_iterations_and_keeps_other_options():

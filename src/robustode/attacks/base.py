@@ -36,9 +36,14 @@ class AttackResult:
     """What an attack found on a batch.
 
     ``success[i]``: the model misclassifies ``x_adv[i]`` (checked on the
-    returned point, outside the attack's budget). ``queries[i]``: model calls
-    the attack itself made on point i. ``loss_trace``: (iterations, N) loss per
-    iterate, NaN where a point was no longer attacked (only with ``trace=True``).
+    returned point, outside the attack's budget) or misclassified the clean
+    image. ``queries[i]``: model calls the attack itself made on point i.
+    ``loss_trace``: (iterations, N) loss per iterate, NaN where a point was no
+    longer attacked (only with ``trace=True``). ``final_correct[i]``: the one
+    verdict pass on ``x_adv[i]`` alone classified it correctly — what an
+    ensemble reads, so that on a randomised model a point is judged as
+    AutoAttack judges it (its own clean pass, then one pass per attack on the
+    returned point); on a deterministic model it adds nothing to ``success``.
     """
 
     x_adv: torch.Tensor
@@ -48,6 +53,7 @@ class AttackResult:
     loss_trace: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     first_adversarial: torch.Tensor | None = None
+    final_correct: torch.Tensor | None = None
 
     @property
     def robust(self) -> torch.Tensor:
@@ -95,6 +101,34 @@ class Oracle:
         logits = checked_logits(self.model, x, "during the attack")
         self.queries.index_add_(0, index, torch.full_like(index, copies))
         return logits
+
+
+def model_rng_seed(seed: int) -> int:
+    """The seed of the global RNG during an attack with ``seed``: derived from it, not equal to
+    it, so the model's random draws are not the attack generator's own stream again."""
+    return (int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (2**63)
+
+
+@contextmanager
+def seeded_model_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run with the global torch RNG (CPU, and ``device`` if it is a GPU) seeded from ``seed``,
+    and give the caller's RNG state back afterwards.
+
+    Attacks draw their own random numbers from their generator; a randomised
+    model (noise layers, random resizing, ``NoisyEnsemble(seed=None)``, dropout
+    in train mode) draws from the global RNG. Seeding it per run makes the
+    attack on such a model reproducible (AutoAttack seeds the global RNG with
+    its seed in every attack for the same reason), and restoring it leaves the
+    caller's random stream as it was.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        value = model_rng_seed(seed)
+        torch.default_generator.manual_seed(value)
+        if devices:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(value)
+        yield
 
 
 @contextmanager
@@ -243,7 +277,7 @@ class Attack:
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         chunk = self.batch_size or max(x.shape[0], 1)
         parts: list[AttackResult] = []
-        with model_mode(model, self.model_mode):
+        with model_mode(model, self.model_mode), seeded_model_rng(self.seed, x.device):
             for start in range(0, x.shape[0], chunk):
                 xb, yb = x[start : start + chunk], y[start : start + chunk]
                 parts.append(self._run_chunk(model, xb, yb, generator, trace))
@@ -300,7 +334,9 @@ class Attack:
                 loss_trace[:, todo] = sub_trace.float()
         with torch.no_grad():
             pred = checked_logits(model, x_adv, "on the adversarial images").argmax(1)
-        return AttackResult(x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra, first)
+        return AttackResult(
+            x_adv, (pred != y) | ~clean, clean, queries, loss_trace, extra, first, pred == y
+        )
 
     # ------------------------------------------------------------- subclass
     def _attack(
@@ -332,6 +368,8 @@ def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> Atta
         trace = torch.cat(padded, dim=1)
     firsts = [p.first_adversarial for p in parts]
     first = torch.cat(firsts) if all(f is not None for f in firsts) else None  # type: ignore[arg-type]
+    finals = [p.final_correct for p in parts]
+    final = torch.cat(finals) if all(f is not None for f in finals) else None  # type: ignore[arg-type]
     return AttackResult(
         torch.cat([p.x_adv for p in parts]),
         torch.cat([p.success for p in parts]),
@@ -340,4 +378,5 @@ def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> Atta
         trace,
         parts[0].extra,
         first,
+        final,
     )

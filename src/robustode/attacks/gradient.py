@@ -11,9 +11,17 @@ subclass may override — :meth:`init_delta` (random start), :meth:`loss`,
   gives Madry's last iterate for adversarial training;
 - with ``early_stop`` attacks only points not yet broken, which leaves the
   robust accuracy unchanged and saves most of the work on undefended models;
-- draws every random number from the attack's own generator.
+- draws every random number from the attack's own generator;
+- with ``eot_iter`` = k > 1 averages each input gradient and each iterate's
+  loss over k stochastic passes (EOT, for randomised models;
+  :mod:`robustode.attacks.eot`); then no point stops early (one pass's
+  misclassification is no lasting success) and the attack returns its last
+  iterate, as Athalye et al.'s EOT does (picking the iterate of highest mean
+  loss over k passes picks lucky ones: 1.5–3.8 points weaker on a
+  randomised CNN, 500 CIFAR-10 images, ε 8/255).
 
-Budget: (steps + 1) model calls per point and restart.
+Budget: (steps + 1)·eot_iter model calls per point and restart (steps + 1
+without EOT).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from .base import (
     require_counts,
     require_positive,
 )
+from .eot import eot_loss_and_grad, require_eot
 from .losses import get_loss
 from .threat import Norm, ThreatModel
 
@@ -55,6 +64,7 @@ class GradientAttack(Attack):
         loss: str = "ce",
         early_stop: bool = True,
         select: Select = "best",
+        eot_iter: int = 1,
         seed: int = 0,
         model_mode: ModelMode = "eval",
         batch_size: int | None = None,
@@ -63,6 +73,7 @@ class GradientAttack(Attack):
             ThreatModel(norm, eps), seed=seed, model_mode=model_mode, batch_size=batch_size
         )
         require_counts(steps=steps, restarts=restarts)
+        require_eot(eot_iter)
         if step_size is None:
             step_size = 2.5 * eps / steps  # Madry et al.'s rule of thumb
         require_positive(step_size=step_size)
@@ -77,18 +88,20 @@ class GradientAttack(Attack):
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
         self.select = select
+        self.eot_iter = eot_iter
         # training's configuration reads neither the best iterate nor which points broke:
         # skip that bookkeeping and its host syncs on the hot path
         self._track_best = select == "best" or self.early_stop
 
     def budget(self) -> int:
-        return self.restarts * (self.steps + 1)
+        return self.restarts * (self.steps + 1) * self.eot_iter
 
     def describe(self) -> str:
         start = "random start" if self.random_start else "no random start"
+        eot = f", EOT over {self.eot_iter} passes" if self.eot_iter > 1 else ""
         return (
             f"{self.name}: {self.threat.describe()}, {self.steps} steps of {self.step_size:.4g}, "
-            f"{self.loss_name} loss, {start}, {self.restarts} restart(s)"
+            f"{self.loss_name} loss, {start}, {self.restarts} restart(s){eot}"
         )
 
     # ----------------------------------------------------------------- hooks
@@ -116,6 +129,8 @@ class GradientAttack(Attack):
         trace: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         n = x.shape[0]
+        eot = self.eot_iter > 1
+        early_stop = self.early_stop and not eot
         best = BestIterate(x)
         last_x = x.clone()
         first_adv = torch.full((n,), -1, dtype=torch.long, device=x.device)
@@ -125,7 +140,7 @@ class GradientAttack(Attack):
         for _ in range(self.restarts):
             active = (
                 torch.nonzero(~best.adv).squeeze(1)
-                if self.early_stop
+                if early_stop
                 else torch.arange(n, device=x.device)
             )
             if active.numel() == 0:
@@ -141,6 +156,14 @@ class GradientAttack(Attack):
                 loss_d = loss.detach().float()
                 seen = first_adv[active]
                 first_adv[active] = torch.where(adv & (seen < 0), row + k, seen)
+                grad = None
+                if k < self.steps:
+                    (grad,) = torch.autograd.grad(loss.sum(), x_k)
+                if eot:
+                    # one pass's misclassification of a random model is no lasting success:
+                    # the iterate is judged by its loss averaged over the EOT passes
+                    grad, loss_d = self._eot_grad(oracle, x_k, active, y_a, grad, loss_d)
+                    adv = torch.zeros_like(adv)
                 if loss_trace is not None:
                     loss_trace[row + k, active] = loss_d
                 if self._track_best:
@@ -148,16 +171,41 @@ class GradientAttack(Attack):
                 last_x[active] = x_k.detach()
                 if k == self.steps:
                     break
-                (grad,) = torch.autograd.grad(loss.sum(), x_k)
                 delta = self.project(delta + self.step_size * self.direction(grad), x_a)
-                if self.early_stop and adv.any():
+                if early_stop and adv.any():
                     keep = ~adv
                     active, x_a, y_a, delta = active[keep], x_a[keep], y_a[keep], delta[keep]
                     if active.numel() == 0:
                         break
             row += self.steps + 1
-        x_out = best.x if self.select == "best" else last_x
+        # with EOT the last iterate: the highest mean loss over a few passes picks lucky
+        # iterates (measured: 1.5–3.8 points weaker than the last on a randomised CNN)
+        x_out = best.x if self.select == "best" and not eot else last_x
         return x_out, loss_trace, {"first_adversarial": first_adv}
+
+    def _eot_grad(
+        self,
+        oracle: Oracle,
+        x_k: torch.Tensor,
+        active: torch.Tensor,
+        y: torch.Tensor,
+        first_grad: torch.Tensor | None,
+        first_loss: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The mean input gradient and loss over ``eot_iter`` passes, given the first pass's
+        (no gradient at the last iterate, which is only judged)."""
+        losses = first_loss.clone()
+        grads = first_grad
+        for _ in range(self.eot_iter - 1):
+            if first_grad is None:
+                with torch.no_grad():
+                    losses += self.loss(oracle(x_k.detach(), active), y).float()
+                continue
+            _, loss, grad = eot_loss_and_grad(oracle, x_k, active, lambda z: self.loss(z, y))
+            losses += loss.float()
+            grads = grads + grad
+        mean_grad = None if grads is None else grads / self.eot_iter
+        return mean_grad, losses / self.eot_iter
 
 
 class PGD(GradientAttack):

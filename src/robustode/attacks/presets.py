@@ -4,8 +4,9 @@ SONet (REFERENCE.md): PGD L∞ ε 0.031 step 0.003 and L2 ε 0.5 step 0.1, both
 without random start, 20 or 1000 steps; CW-L∞ τ-based; SPSA ε 8/255, 20
 iterations × 32 samples, δ 0.01, lr 0.01. LAD: FGSM and IFGSM-20 without
 random start (α 0.5/255 at ε ≤ 1/255 for natural models, 2/255 at 8/255).
-AutoAttack standard: APGD-CE, APGD-T (9 targets), Square 5000 queries
-(FAB-T is not implemented and the report says so).
+AutoAttack: ``autoattack`` with ``version`` standard | plus | rand | custom
+and ``norm`` linf | l2 | l1, its compositions and budgets exactly
+(:mod:`robustode.attacks.autoattack`); its members are presets of their own.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .adaptive import SUBSTITUTES, SolverSubstitution
-from .apgd import APGDCE, APGDT
+from .apgd import APGDCE, APGDDLR, APGDT
+from .autoattack import autoattack
 from .base import Attack, AttackInputError
 from .carlini_wagner import CarliniWagnerLinf
-from .ensemble import AttackEnsemble
+from .fab import FAB, FABT
 from .gradient import FGSM, IFGSM, PGD, CWMarginPGD, GradientAttack
 from .spsa import SPSA
 from .square import Square
-
-FAB_NOTE = (
-    "FAB-T is not implemented: this is AutoAttack's standard suite without FAB-T "
-    "(APGD-CE, APGD-T, Square); FAB-T rarely breaks points the other three leave robust"
-)
 
 
 @dataclass(frozen=True)
@@ -73,15 +70,6 @@ _PRESETS: dict[str, AttackPreset] = {}
 def _add(name: str, summary: str, cls: type, fixed: tuple[str, ...] = (), **defaults: Any) -> None:
     options = tuple(o for o in _options(cls) if o not in fixed)
     _PRESETS[name] = AttackPreset(name, summary, cls, defaults, options)
-
-
-def _autoattack(*, eps: float = 8 / 255, seed: int = 0, batch_size: int | None = None) -> Attack:
-    common = {"eps": eps, "seed": seed, "batch_size": batch_size}
-    return AttackEnsemble(
-        [APGDCE(**common), APGDT(**common), Square(**common)],
-        name="autoattack",
-        notes=[FAB_NOTE],
-    )
 
 
 SONET_LINF = {"norm": "linf", "eps": 0.031, "step_size": 0.003, "random_start": False}
@@ -138,23 +126,38 @@ _add(
 )
 _add("spsa", "SPSA, ε 8/255, 20 iterations × 32 samples, δ 0.01, lr 0.01 (SONet)", SPSA)
 _add("apgd-ce", "APGD-CE, ε 8/255, 100 iterations (AutoAttack)", APGDCE, eps=8 / 255)
+_add("apgd-dlr", "APGD-DLR, ε 8/255, 100 iterations (AutoAttack plus and rand)", APGDDLR, ("loss",))
 _add("apgd-t", "APGD-T (DLR, 9 targets), ε 8/255, 100 iterations (AutoAttack)", APGDT, ("loss",))
-_add("square", "Square L∞, ε 8/255, 5000 queries, p_init 0.8 (AutoAttack)", Square)
+_add(
+    "fab",
+    "FAB (untargeted), ε 8/255, 100 iterations, 5 restarts (AutoAttack plus)",
+    FAB,
+    ("targets",),
+    restarts=5,
+)
+_add("fab-t", "FAB-T (9 targets), ε 8/255, 100 iterations (AutoAttack)", FABT)
+_add(
+    "square",
+    "Square, L∞ ε 8/255, 5000 queries, p_init 0.8, AutoAttack's schedule (norm=l2|l1 too)",
+    Square,
+)
+_AUTOATTACK_OPTIONS = (
+    "version", "norm", "eps", "attacks", "steps", "queries", "eot_iter", "seed", "batch_size",
+)  # fmt: skip
 _PRESETS["autoattack"] = AttackPreset(
     "autoattack",
-    "AutoAttack standard without FAB-T: APGD-CE, APGD-T, Square, worst case per point",
-    _autoattack,
+    "AutoAttack: version=standard|plus|rand|custom, norm=linf|l2|l1 (default standard, L∞ "
+    "8/255; L2 0.5, L1 12), worst case per point",
+    autoattack,
     {},
-    ("eps", "seed", "batch_size"),
+    _AUTOATTACK_OPTIONS,
 )
-
-
 _PRESETS["standard"] = AttackPreset(
     "standard",
     "the same as autoattack (AutoAttack's name for its standard version)",
-    _autoattack,
+    autoattack,
     {},
-    ("eps", "seed", "batch_size"),
+    _AUTOATTACK_OPTIONS,
 )
 
 

@@ -410,7 +410,8 @@ class _Audit:
         if which == "square":
             q = self.cfg.square_queries
             self.progress(f"Square, {q} queries")
-            attack = Square(self.eps, queries=q, seed=self.seed + 4000)
+            # the rescaled schedule: every halving of the window within the audit's few queries
+            attack = Square(self.eps, queries=q, schedule="rescaled", seed=self.seed + 4000)
             label = f"Square ({q} queries)"
         else:
             it, s = self.cfg.spsa_iterations, self.cfg.spsa_samples

@@ -39,6 +39,7 @@ import torch
 
 from .. import __version__
 from ..attacks import Attack
+from ..attacks.threat import SYMBOLS
 from ..fingerprint import digest
 from ..outputs import OutputFolder
 from .suites import AttackSpec
@@ -52,8 +53,7 @@ def _threat_key(attack: Attack) -> tuple[str, float]:
 
 
 def _threat_text(norm: str, eps: float) -> str:
-    symbol = "L∞" if norm == "linf" else "L2"
-    text = f"{symbol} ε={eps:.4g}"
+    text = f"{SYMBOLS.get(norm, norm)} ε={eps:.4g}"
     if norm == "linf" and abs(eps * 255 - round(eps * 255 * 2) / 2) < 1e-6:
         text += f" ({eps * 255:g}/255)"
     return text

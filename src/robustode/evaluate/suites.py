@@ -8,9 +8,13 @@ names the spec's folder of per-batch results and its row of the report.
 Suites (``SUITES``; add one with :func:`register_suite`):
 
 - ``paper``: SONet's table — PGD-20/1000 in L∞ and L2, CW-L∞, SPSA;
-- ``autoattack``: AutoAttack's standard suite (without FAB-T);
-- ``full``: ``paper`` + APGD-CE, APGD-T, Square, AutoAttack and, for models
-  with ODE blocks, the adaptive (solver-substitution) PGD attacks.
+- ``autoattack``: AutoAttack's standard version — or its rand version
+  (``autoattack:version=rand``, APGD-CE and APGD-DLR with EOT) when the
+  model's outputs are random by AutoAttack's own check (5 passes; see
+  :func:`autoattack_spec`); the spec's id and the report's notes say which;
+- ``full``: ``paper`` + APGD-CE, APGD-T, FAB-T, Square, AutoAttack (chosen as
+  in ``autoattack``) and, for models with ODE blocks, the adaptive
+  (solver-substitution) PGD attacks.
 """
 
 from __future__ import annotations
@@ -21,13 +25,53 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..attacks import Attack, attack_preset, create_attack, has_ode_blocks
+from ..attacks import Attack, attack_preset, check_randomness, create_attack, has_ode_blocks
 from ..errors import InputError
 
 PAPER = ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "pgd1000-l2", "cw-linf", "spsa")
 AUTOATTACK = ("autoattack",)
+AUTOATTACK_RAND = "autoattack:version=rand"
+PROBE_IMAGES = 16
+
+
+def probe_images(model: nn.Module, size: int = 32) -> torch.Tensor:
+    """Images the randomness check can feed ``model`` when no test images are at hand: uniform
+    noise in [0, 1] from a fixed seed, (16, C, size, size) with C from the model's
+    ``model_config`` (else 3), on the model's device."""
+    config = getattr(model, "model_config", None)
+    channels = config.get("in_channels", 3) if isinstance(config, dict) else 3
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(PROBE_IMAGES, int(channels), size, size, generator=generator).to(device)
+
+
+def autoattack_spec(model: nn.Module | None, images: torch.Tensor | None = None) -> str:
+    """``autoattack``, or ``autoattack:version=rand`` when ``model``'s outputs are random.
+
+    AutoAttack's check (``check_randomized``): five passes over the images
+    (the first 250 of ``images``, else :func:`probe_images`); random if two
+    passes' L2-normalised logits differ by more than 1e-4. A model the probe
+    cannot run is one error line asking for the version to be named.
+    """
+    if model is None:
+        return AUTOATTACK[0]
+    x = probe_images(model) if images is None else images
+    try:
+        check = check_randomness(model, x)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            "--suite autoattack checks whether the model's outputs are random (AutoAttack's "
+            f"check), and {tuple(x.shape)} probe images did not run through it "
+            f"({str(exc).splitlines()[0]}); name the version instead: --attacks "
+            "autoattack:version=standard or autoattack:version=rand"
+        ) from None
+    return AUTOATTACK_RAND if check.random else AUTOATTACK[0]
+
+
 ADAPTIVE = (
     "adaptive-pgd20-linf",
     "adaptive-pgd1000-linf",
@@ -36,7 +80,7 @@ ADAPTIVE = (
 
 
 def _full(model: nn.Module | None) -> list[str]:
-    specs = [*PAPER, "apgd-ce", "apgd-t", "square", "autoattack"]
+    specs = [*PAPER, "apgd-ce", "apgd-t", "fab-t", "square", autoattack_spec(model)]
     if model is not None and has_ode_blocks(model):
         specs += ADAPTIVE
     return specs
@@ -44,7 +88,7 @@ def _full(model: nn.Module | None) -> list[str]:
 
 SUITES: dict[str, Callable[[nn.Module | None], list[str]]] = {
     "paper": lambda model: list(PAPER),
-    "autoattack": lambda model: list(AUTOATTACK),
+    "autoattack": lambda model: [autoattack_spec(model)],
     "full": _full,
 }
 
@@ -150,11 +194,14 @@ def resolve_attacks(
 __all__ = [
     "ADAPTIVE",
     "AUTOATTACK",
+    "AUTOATTACK_RAND",
     "PAPER",
     "SUITES",
     "AttackSpec",
+    "autoattack_spec",
     "list_suites",
     "parse_spec",
+    "probe_images",
     "register_suite",
     "resolve_attacks",
 ]

@@ -35,7 +35,10 @@ SCALES = ("smoke", "full")
 
 @dataclass(frozen=True)
 class Scale:
-    """How a table is run: training overrides, per-model options, evaluation size."""
+    """How a table is run: training overrides, per-model options, evaluation size.
+
+    ``autoattack``: budget overrides of the ``autoattack`` columns (none at full scale:
+    AutoAttack's own)."""
 
     name: str
     train: dict[str, Any]
@@ -44,6 +47,7 @@ class Scale:
     max_attack_steps: int | None
     pgd_iterations: tuple[int, ...] = (1, 100, 1000)
     skip_data: tuple[str, ...] = ()
+    autoattack: dict[str, int] = field(default_factory=dict)
 
 
 FULL = Scale("full", {}, {}, None, None)
@@ -72,6 +76,7 @@ SMOKE = Scale(
     100,
     (1, 10, 50),
     ("cifar100",),
+    {"steps": 10, "queries": 100, "eot_iter": 2},
 )
 
 # depth 14 (two blocks a stage) is the least at which In-ResNet has a damped block: its
@@ -122,10 +127,13 @@ def _spec_with(spec: str, **options: Any) -> str:
 
 
 def scaled_attack(spec: str, scale: Scale) -> str:
-    """The attack spec at ``scale``: iteration counts capped at smoke scale."""
+    """The attack spec at ``scale``: iteration counts capped at smoke scale (and AutoAttack's
+    budgets cut to ``scale.autoattack``)."""
+    name, _, rest = spec.partition(":")
+    if name == "autoattack" and scale.autoattack:
+        return _spec_with(spec, **scale.autoattack)
     if scale.max_attack_steps is None:
         return spec
-    name, _, rest = spec.partition(":")
     options = dict(p.split("=", 1) for p in rest.split(",") if p)
     match = re.match(r"^(?:pgd|ifgsm)(\d+)", name)
     steps = int(options.get("steps", match.group(1) if match else 0) or 0)
@@ -209,6 +217,11 @@ def scale_notes(table: PaperTable, scale: Scale) -> list[str]:
         f"{scale.n_eval} test images, iterative attacks capped at {scale.max_attack_steps} "
         "steps — these numbers check the pipeline; they are not the paper's experiment."
     ]
+    if scale.autoattack and any(
+        (c.attack or "").partition(":")[0] == "autoattack" for c in table.columns
+    ):
+        budget = ", ".join(f"{k} {v}" for k, v in scale.autoattack.items())
+        notes.append(f"AutoAttack at smoke scale runs a cut budget ({budget}).")
     run = rows_at(table, scale)
     skipped = [r.label for r in table.rows if r not in run]
     if skipped:
@@ -266,12 +279,30 @@ def _grid(grid: list[float]) -> str:
     return "[" + ", ".join(f"{t:.3f}" for t in grid) + "]"
 
 
+def randomised_at_inference(row: Row) -> bool:
+    """The row is evaluated through a randomised model (NoisyEnsemble, LAD §4.4)."""
+    return bool(row.inference.get("noisy_ensemble"))
+
+
+def row_attack(column: Column, row: Row) -> str:
+    """The attack spec of ``column`` for ``row``: an ``autoattack`` column runs AutoAttack's
+    rand version (EOT) on a row whose model is randomised at inference, as AutoAttack
+    prescribes for randomised defenses; every other cell runs the column's spec."""
+    spec = column.attack or ""
+    name = spec.partition(":")[0]
+    if name == "autoattack" and randomised_at_inference(row):
+        return _spec_with(spec, version="rand")
+    return spec
+
+
 def _model_for_eval(model, row: Row):
     noisy = row.inference.get("noisy_ensemble")
     if noisy:
         from ..defenses import NoisyEnsemble
 
-        return NoisyEnsemble(model, k=int(noisy["k"]), std=float(noisy["std"]), seed=0)
+        # noise from the global RNG, which every attack run seeds from its (attack, batch)
+        # seed: each batch's verdict is reproducible whatever order the batches run in
+        return NoisyEnsemble(model, k=int(noisy["k"]), std=float(noisy["std"]), seed=None)
     return model
 
 
@@ -293,7 +324,7 @@ def _evaluate_row(
     if table.kind == "steps":
         return {}, _steps_row(row, target.model, x, y, scale)
     attack_columns = [c for c in table.columns if c.attack]
-    specs = [parse_spec(scaled_attack(c.attack, scale)) for c in attack_columns]  # type: ignore[arg-type]
+    specs = [parse_spec(scaled_attack(row_attack(c, row), scale)) for c in attack_columns]
     model = _model_for_eval(target.model, row)
     result = run_evaluation(
         model,
@@ -312,12 +343,11 @@ def _evaluate_row(
     )
     ours: dict[str, float | None] = {"clean": result.report["clean_accuracy"]}
     by_id = {row_["id"]: row_ for row_ in result.report["attacks"]}
-    robust_keys = []
     for column, spec in zip(attack_columns, specs, strict=True):
         ours[column.key] = by_id[spec.id]["robust_accuracy"]
-        robust_keys.append(column.key)
     if any(c.key == "avg" for c in table.columns):
-        ours["avg"] = sum(ours[k] or 0.0 for k in robust_keys) / max(len(robust_keys), 1)
+        averaged = [c.key for c in attack_columns if c.averaged]
+        ours["avg"] = sum(ours[k] or 0.0 for k in averaged) / max(len(averaged), 1)
     return ours, {"specs": [s.id for s in specs]}
 
 
