@@ -392,6 +392,51 @@ def run_evaluation(
     ``x`` and ``y`` themselves. ``resume=False`` recomputes every batch;
     ``overwrite`` replaces an evaluation of other settings in ``out_dir``.
     """
+    from ..nn.solve_sites import discover_sites, intercepting
+
+    check_inputs_fit_model(model, x, y)
+    # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
+    with intercepting(model):
+        discover_sites(model, x)
+        return _run_evaluation(
+            model,
+            x,
+            y,
+            specs,
+            out_dir,
+            batch_size=batch_size,
+            seed=seed,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            ctx=ctx,
+            meta=meta,
+            curve_steps=curve_steps,
+            eps_grid=eps_grid,
+            plots=plots,
+            stream=stream,
+        )
+
+
+def _run_evaluation(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    specs: Sequence[AttackSpec | str],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 100,
+    seed: int = 0,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    ctx: DistContext | None = None,
+    meta: dict[str, Any] | None = None,
+    curve_steps: int = 100,
+    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    plots: bool = True,
+    stream: TextIO | None = None,
+) -> EvaluationResult:
     from .report import build_report, write_report
 
     ctx = ctx or DistContext(device=x.device)
