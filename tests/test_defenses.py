@@ -139,6 +139,30 @@ def test_lad_pass_two_adds_eta_times_the_recorded_gradient_at_each_point():
     torch.testing.assert_close(model.head.weight.grad, expected[0])
 
 
+def test_eq16_ratio_is_the_first_blocks_output_norm_over_the_first_gradient_norm():
+    """LAD §4.5 eq. 16, against the chain written out: ‖x_1‖₂ / ‖∂L/∂x_0‖₂ (batch mean)."""
+    from robustode.defenses.lad import eq16_ratio
+
+    model, (x, y) = chain([4, 4]), batch()
+    g0, _ = unperturbed_gradients(model, x, y)
+    x1 = model.blocks[0](model.stem(x))
+    expected = (x1.norm() / g0.norm()).item()
+    assert eq16_ratio(model, x, y) == pytest.approx(expected, rel=1e-6)
+    _, stats = create_defense("lad", eta=0.0)(model, x, y)  # pass 1 at the same input
+    assert float(stats["eq16_ratio"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_lad_eta_defaults_to_the_papers_for_the_data():
+    assert create_defense("lad").eta == 50.0
+    assert create_defense("lad", context={"data": "cifar100"}).eta == 1000.0
+    assert create_defense("lad_sm", context={"data": "cifar10"}).eta == 50.0
+    assert create_defense("lad", eta=7.0, context={"data": "cifar100"}).eta == 7.0
+    noisy = create_defense("noise", base="lad", context={"data": "cifar100"})
+    assert noisy.inner.eta == 1000.0
+    with pytest.raises(ValueError, match="has no option 'data'"):
+        create_defense("lad", data="cifar100")  # context, not an option
+
+
 def test_lad_sm_matches_eq_8_step_by_step_on_three_residual_blocks():
     model, (x, y), eta = chain([2, 2, 2, 2], inputs=2), batch(inputs=2), 20.0
     g = unperturbed_gradients(model, x, y)

@@ -7,6 +7,7 @@ a few steps, one thread, so the file runs in seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -331,3 +332,16 @@ def test_cli_trains_one_short_epoch_and_refuses_bad_input(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress-bar"]) == 0
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert os.path.exists(run / "checkpoints" / "epoch-0002.json")
+
+
+def test_trace_eq16_records_lads_ratio_every_epoch_and_keeps_resume_bitwise(tmp_path):
+    """LAD Fig. 2's quantity for any defense; measured in eval mode, it changes nothing a
+    resumed run computes."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_config(epochs=2, trace_eq16=True), full, progress=False)
+    train(_config(epochs=1, trace_eq16=True), cut, progress=False)
+    train(_config(epochs=2, trace_eq16=True), cut, resume=True, progress=False)
+    records = read_metrics(full)
+    assert all(r["eq16_ratio"] > 0 and math.isfinite(r["eq16_ratio"]) for r in records)
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(cut)]
+    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in records]

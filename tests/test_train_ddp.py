@@ -46,9 +46,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize(
+    "defense",
+    [(NAME, {}), ("lad", {"eta": 200.0})],
+    ids=["shifted-step", "lad-eta-follows-the-global-batch"],
+)
+def test_two_gloo_processes_match_one_process(tmp_path, defense):
+    """Also LAD: each rank's g_n is the mean over its half batch, twice the whole batch's, so
+    η must follow the global batch (÷ world size) for the two runs to agree."""
+    name, options = defense
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
-    argv = ["train", "--run-dir", str(ddp_dir), "--model", "odenet", "--defense", NAME]
+    argv = ["train", "--run-dir", str(ddp_dir), "--model", "odenet", "--defense", name]
+    argv += [f"--defense-opt={k}={v}" for k, v in options.items()]
     argv += [f"--model-opt={k}={v}" for k, v in MODEL.items()]
     argv += ["--epochs", "2", "--batch-size", "32", "--max-steps-per-epoch", "3"]
     argv += ["--eval-subset", "100", "--device", "cpu", "--no-progress-bar"]
@@ -64,7 +73,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("| 2 |") == 1  # rank 0 alone prints the table
 
-    train(TrainConfig(**SETTINGS), one_dir, progress=False)
+    settings = {**SETTINGS, "defense": name, "defense_options": options}
+    train(TrainConfig(**settings), one_dir, progress=False)
 
     ddp, one = read_metrics(ddp_dir), read_metrics(one_dir)
     assert [r["epoch"] for r in ddp] == [1, 2]
@@ -73,9 +83,15 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
         assert a["samples"] == b["samples"] == 96 and a["batches"] == 3
         assert a["nfe_forward_per_batch"] == b["nfe_forward_per_batch"] == 16  # 2 passes × 8
-        assert a["defense"]["points"] == 1.0  # the defense saw the model through DDP
+        if name == NAME:
+            assert a["defense"]["points"] == 1.0  # the defense saw the model through DDP
+        else:  # the same per-sample offsets (η not divided: 2× larger, 0.13 vs 0.067); a
+            # ratio of norms over each half batch, averaged, is close to the whole batch's only
+            assert a["defense"]["offset_ratio"] == pytest.approx(
+                b["defense"]["offset_ratio"], rel=1e-2
+            )
     weights = [load_file(d / "checkpoints" / "epoch-0002.safetensors") for d in (ddp_dir, one_dir)]
     for key, value in weights[1].items():
         torch.testing.assert_close(weights[0][key], value, atol=1e-5, rtol=1e-4)
-    assert json.loads((ddp_dir / "config.json").read_text())["defense"] == NAME
+    assert json.loads((ddp_dir / "config.json").read_text())["defense"] == name
     assert not list(ddp_dir.rglob("*.tmp"))

@@ -111,14 +111,11 @@ def settings_of(obj: Any, _depth: int = 0) -> Any:
 
 
 def ode_solvers(model: nn.Module) -> dict[str, Any]:
-    """{module path: solver settings} of every robustode ODE block in ``model``."""
-    from .nn.ode_block import ODEBlock
+    """{name: solver settings} of every solve site of ``model``: its robustode ODE blocks
+    and the ``odeint`` calls an active interception has seen in it."""
+    from .nn.solve_sites import named_solve_sites
 
-    return {
-        name or "(model)": settings_of(module.solver)
-        for name, module in model.named_modules()
-        if isinstance(module, ODEBlock)
-    }
+    return {name: settings_of(site.solver) for name, site in named_solve_sites(model)}
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:

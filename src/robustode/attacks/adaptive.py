@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.ode_block import ODEBlock, named_ode_blocks
+from ..nn.ode_block import ODEBlock
+from ..nn.solve_sites import discover_sites, intercepting, named_solve_sites
 from ..ode import SolverConfig
 from .base import Attack, AttackInputError, AttackResult, checked_logits, model_mode
 
@@ -45,8 +46,10 @@ SUBSTITUTES = ("fixed", "tight", "per_sample", "detached")
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
-    """Every ODE block of ``model``, in module order (any ``nn.Module``, not only ours)."""
-    return [block for _, block in named_ode_blocks(model)]
+    """Every solve site of ``model``: its ODE blocks, in module order (any ``nn.Module``,
+    not only ours), then the ``odeint`` calls an active interception has seen in it
+    (:mod:`robustode.nn.solve_sites`)."""
+    return [site for _, site in named_solve_sites(model)]
 
 
 def has_ode_blocks(model: nn.Module) -> bool:
@@ -202,6 +205,14 @@ class SolverSubstitution(Attack):
         )
 
     def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
+    ) -> AttackResult:
+        # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
+        with intercepting(model):
+            discover_sites(model, x)
+            return self._run(model, x, y, trace=trace)
+
+    def _run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool = False
     ) -> AttackResult:
         wrapped = SolverSubstitute(model, self.substitute, steps=self.steps, tighten=self.tighten)

@@ -63,10 +63,23 @@ class DefenseEntry:
     @property
     def options(self) -> dict[str, Any]:
         params = inspect.signature(self.factory).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {
+            p.name: p.default
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in CONTEXT
+        }
+
+    @property
+    def context(self) -> tuple[str, ...]:
+        """The context arguments (:data:`CONTEXT`) the factory takes."""
+        params = inspect.signature(self.factory).parameters
+        return tuple(name for name in CONTEXT if name in params)
 
 
 _REGISTRY: dict[str, DefenseEntry] = {}
+# what the trainer tells every defense that asks (a keyword of its factory): the dataset's
+# name, for paper defaults that depend on it (LAD's η: 50 on CIFAR-10, 1000 on CIFAR-100)
+CONTEXT = ("data",)
 
 
 def register_defense(name: str, *, summary: str) -> Callable[[Callable[..., Defense]], Any]:
@@ -94,8 +107,11 @@ def defense_entry(name: str) -> DefenseEntry:
         ) from None
 
 
-def create_defense(name: str, /, **options: Any) -> Defense:
-    """Build the defense ``name``; an unknown option is one error listing the accepted ones."""
+def create_defense(
+    name: str, /, *, context: dict[str, Any] | None = None, **options: Any
+) -> Defense:
+    """Build the defense ``name``; an unknown option is one error listing the accepted ones.
+    ``context`` (e.g. ``{"data": "cifar100"}``) reaches the factories that take it."""
     entry = defense_entry(name)
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
@@ -104,4 +120,5 @@ def create_defense(name: str, /, **options: Any) -> Defense:
             f"defense '{name}' has no option {', '.join(map(repr, unknown))}; "
             f"it accepts: {accepted}"
         )
-    return entry.factory(**options)
+    given = {k: v for k, v in (context or {}).items() if k in entry.context}
+    return entry.factory(**given, **options)

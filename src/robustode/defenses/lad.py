@@ -13,8 +13,17 @@ x_{n+1} the output of block n. Two passes (appendix B.2):
 
 η's scale follows the loss reduction: with the batch mean, g_n carries a
 factor 1/B, so η·g_n per sample scales as η/B. The paper's η = 50 (CIFAR-10)
-and 1000 (CIFAR-100) are for B = 128; at another batch size B' (including a
-per-process batch under DDP) use η·B'/128 for the same per-sample offsets.
+and 1000 (CIFAR-100) are for B = 128; at another batch size B' use η·B'/128
+for the same per-sample offsets. η is meant for the **global** batch: under
+DDP each of W processes takes the mean over its own B/W images, so its g_n is
+W times the global batch's, and the defense divides η by W — the offsets are
+those one process computes on the whole batch.
+
+``eq16_ratio`` (LAD §4.5, eq. 16) is ‖x(0) + f(x(0), 0)‖₂ / ‖∂L/∂x(0)‖₂, with
+x(0) the first perturbation point (the stem's output), x(0) + f(x(0), 0) the
+second (the first block's output) and L pass 1's batch-mean loss, norms over
+the whole batch; :func:`eq16_ratio` measures it for any model (the trainer's
+``trace_eq16`` records it every epoch for every defense, LAD or not).
 
 Composition (appendix B.2), with x' the base defense's input:
 
@@ -153,6 +162,27 @@ def record_point_gradients(
     return logits, names, acts, grads_out
 
 
+def world_size() -> int:
+    """The number of processes of a torch.distributed job (1 outside one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def eq16_from_pass(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """LAD eq. 16 from pass 1's activations and gradients (points in forward order)."""
+    if len(acts) < 2:
+        return torch.tensor(float("nan"))
+    return _norm(acts[1:2]) / _norm(grads[:1]).clamp_min(1e-30)
+
+
+def eq16_ratio(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """LAD eq. 16 for ``model`` on (x, y): ‖x_1‖₂ / ‖∂L/∂x_0‖₂ with the batch-mean
+    cross-entropy, in the model's current mode; no parameter gradient is touched."""
+    _, _, acts, grads = record_point_gradients(model, x, y, defense="eq16_ratio")
+    return float(eq16_from_pass(acts, grads))
+
+
 def forward_with_offsets(
     model: nn.Module, x: torch.Tensor, offsets: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -171,8 +201,8 @@ class LayerwiseAdversarialDefense:
     Stats: ``loss``, ``train_correct`` (clean predictions; an eval-mode,
     gradient-free forward for ``pgd_at``), ``adv_correct`` (x', pass 1),
     ``ce`` (pass 1: unperturbed hidden layers), ``lad_ce`` (pass 2), ``kl``
-    (TRADES), ``offset_ratio`` = ‖offsets‖₂ / ‖activations‖₂ over all points
-    (a cousin of the paper's eq. 16 ratio, to judge η).
+    (TRADES), ``offset_ratio`` = ‖offsets‖₂ / ‖activations‖₂ over all points, and
+    ``eq16_ratio`` (LAD eq. 16, on pass 1's input: see the module docstring).
     """
 
     def __init__(
@@ -197,8 +227,9 @@ class LayerwiseAdversarialDefense:
         )
 
     def offsets(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The offset added at each point, from the gradients g_0 … g_N in forward order."""
-        return self._offsets(grads, self.eta)
+        """The offset added at each point, from the gradients g_0 … g_N in forward order
+        (η follows the global batch under DDP: see the module docstring)."""
+        return self._offsets(grads, self.eta / world_size())
 
     def adversarial_examples(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
@@ -223,7 +254,13 @@ class LayerwiseAdversarialDefense:
         with torch.no_grad():
             ce = F.cross_entropy(logits1, y)
             ratio = _norm(offsets) / _norm(acts).clamp_min(1e-12)
-        stats: dict[str, torch.Tensor] = {"ce": ce, "lad_ce": lad_ce, "offset_ratio": ratio}
+            eq16 = eq16_from_pass(acts, grads)
+        stats: dict[str, torch.Tensor] = {
+            "ce": ce,
+            "lad_ce": lad_ce,
+            "offset_ratio": ratio,
+            "eq16_ratio": eq16,
+        }
         if self.base == "natural":
             loss = lad_ce
             stats["train_correct"] = correct(logits1, y)
@@ -253,6 +290,14 @@ class LayerwiseAdversarialDefense:
 
 def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum(t.detach().float().pow(2).sum() for t in tensors))  # type: ignore[arg-type]
+
+
+def paper_eta(eta: float | None, data: str | None) -> float:
+    """``eta`` as given, else the paper's for the data (LAD §4.5, Table 5): 1000 on CIFAR-100,
+    50 otherwise."""
+    if eta is not None:
+        return eta
+    return 1000.0 if (data or "").startswith("cifar100") else 50.0
 
 
 def _build(scheme: str, defense: str, base: str, eta: Any, given: dict[str, Any]) -> Any:
@@ -296,7 +341,7 @@ def _build(scheme: str, defense: str, base: str, eta: Any, given: dict[str, Any]
 def lad(
     *,
     base: str = "natural",
-    eta: float = 50.0,
+    eta: float | None = None,
     eps: float | None = None,
     step_size: float | None = None,
     steps: int | None = None,
@@ -304,11 +349,13 @@ def lad(
     attack_mode: str | None = None,
     beta: float | None = None,
     gamma: float | None = None,
+    data: str | None = None,
 ) -> LayerwiseAdversarialDefense:
     """LAD on ``base`` ∈ {natural, pgd_at, trades} (appendix B.2).
 
-    Defaults (B.1): η 50 (CIFAR-10, batch-mean loss, batch 128; 1000 for
-    CIFAR-100); attack ε 8/255, step 2/255, 10 steps, random start (PGD),
+    Defaults (B.1): η the paper's for the data — 1000 on CIFAR-100, else 50
+    (CIFAR-10; batch-mean loss, batch 128) — ``data`` is the trainer's context, not an
+    option; attack ε 8/255, step 2/255, 10 steps, random start (PGD),
     eval mode; TRADES β = 1/λ = 6 and γ = 1/2. An option the base does not
     use (e.g. ``eps`` with base natural) is refused.
     """
@@ -321,14 +368,14 @@ def lad(
         "beta": beta,
         "gamma": gamma,
     }
-    return _build("lie_trotter", "lad", base, eta, given)
+    return _build("lie_trotter", "lad", base, paper_eta(eta, data), given)
 
 
 @register_defense("lad_sm", summary="LAD-SM (eq. 8): Strang–Marchuk layer-wise perturbation")
 def lad_sm(
     *,
     base: str = "natural",
-    eta: float = 50.0,
+    eta: float | None = None,
     eps: float | None = None,
     step_size: float | None = None,
     steps: int | None = None,
@@ -336,6 +383,7 @@ def lad_sm(
     attack_mode: str | None = None,
     beta: float | None = None,
     gamma: float | None = None,
+    data: str | None = None,
 ) -> LayerwiseAdversarialDefense:
     """LAD-SM on ``base`` ∈ {natural, pgd_at, trades}; options and defaults as :func:`lad`.
 
@@ -350,4 +398,4 @@ def lad_sm(
         "beta": beta,
         "gamma": gamma,
     }
-    return _build("strang_marchuk", "lad_sm", base, eta, given)
+    return _build("strang_marchuk", "lad_sm", base, paper_eta(eta, data), given)

@@ -139,8 +139,10 @@ def noise(
     relative: bool = False,
     base: str = "natural",
     base_options: dict[str, Any] | None = None,
+    data: str | None = None,
 ) -> NoiseInjection:
-    """Noise injection around ``base`` (any other defense, built with ``base_options``).
+    """Noise injection around ``base`` (any other defense, built with ``base_options``; the
+    trainer's context ``data`` is passed on to it).
 
     ``std=0.1, relative=False``: LAD's N(0, 0.01); ``relative=True``:
     EnResNet's 0.1·std(h). "PGD + LAD + noise" is
@@ -154,5 +156,5 @@ def noise(
         raise DefenseConfigError(
             f"noise: base_options must be a mapping of option names, got {base_options!r}"
         )
-    inner = create_defense(base, **(base_options or {}))
+    inner = create_defense(base, context={"data": data}, **(base_options or {}))
     return NoiseInjection(inner, std, relative=relative)

@@ -37,6 +37,7 @@ from ..attacks.adaptive import (
 from ..attacks.base import AttackResult, model_mode
 from ..errors import InputError
 from ..fingerprint import inputs_sha256, model_fingerprint, versions
+from ..nn.solve_sites import discover_sites, intercepting
 from ..ode import SolverError
 from ..outputs import OutputFolder
 from . import audit_checks as ac
@@ -597,6 +598,29 @@ def audit(
     if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):
         raise InputError(f"eps must be a number in (0, 1], got {eps!r}")
     check_inputs_fit_model(model, x, y)
+    # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
+    with intercepting(model):
+        discover_sites(model, x)
+        return _audit_into(model, x, y, eps=eps, level=level, surrogate=surrogate, seed=seed,
+                           batch_size=batch_size, progress=progress, out_dir=out_dir,
+                           overwrite=overwrite, meta=meta)  # fmt: skip
+
+
+def _audit_into(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    level: str,
+    surrogate: nn.Module | None,
+    seed: int,
+    batch_size: int | None,
+    progress: Callable[[str], None] | None,
+    out_dir: str | Path | None,
+    overwrite: bool,
+    meta: dict[str, Any] | None,
+) -> AuditReport:
     fingerprint = audit_fingerprint(
         model, x, y, eps=eps, level=level, seed=seed, batch_size=batch_size, surrogate=surrogate
     )

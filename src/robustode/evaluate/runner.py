@@ -104,22 +104,36 @@ def make_attack(spec: AttackSpec, seed: int, k: int) -> Attack:
 
 
 class _Progress:
-    """A tqdm bar over (attack, batch) units on a terminal, else one line per attack."""
+    """A tqdm bar over (attack, batch) units on a terminal; elsewhere a start line, a
+    heartbeat every minute (what runs, how far, the time left) and one line per attack."""
 
     def __init__(self, total: int, *, enabled: bool, bar: bool | None, stream: TextIO) -> None:
         self.stream = stream
         self.enabled = enabled
         self.bar = None
+        self.beat = None
+        self.total, self.done, self.name = total, 0, ""
         if enabled and (stream.isatty() if bar is None else bar) and total:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, file=stream, dynamic_ncols=True, leave=False)
+        elif enabled and total:
+            from ..heartbeat import Heartbeat
+
+            print(f"evaluating: {total} (attack, batch) run(s) to do", file=stream, flush=True)
+            self.beat = Heartbeat("evaluate", total=total, stream=stream).__enter__()
 
     def start(self, name: str) -> None:
+        self.name = name
+        if self.beat is not None:
+            self.beat.update(self.done, f"running {name}")
         if self.bar is not None:
             self.bar.set_description(name, refresh=True)
 
     def step(self) -> None:
+        self.done += 1
+        if self.beat is not None:
+            self.beat.update(self.done, f"running {self.name}")
         if self.bar is not None:
             self.bar.update(1)
 
@@ -132,6 +146,9 @@ class _Progress:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self.beat is not None:
+            self.beat.__exit__(None, None, None)
+            self.beat = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -392,6 +409,51 @@ def run_evaluation(
     ``x`` and ``y`` themselves. ``resume=False`` recomputes every batch;
     ``overwrite`` replaces an evaluation of other settings in ``out_dir``.
     """
+    from ..nn.solve_sites import discover_sites, intercepting
+
+    check_inputs_fit_model(model, x, y)
+    # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
+    with intercepting(model):
+        discover_sites(model, x)
+        return _run_evaluation(
+            model,
+            x,
+            y,
+            specs,
+            out_dir,
+            batch_size=batch_size,
+            seed=seed,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            ctx=ctx,
+            meta=meta,
+            curve_steps=curve_steps,
+            eps_grid=eps_grid,
+            plots=plots,
+            stream=stream,
+        )
+
+
+def _run_evaluation(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    specs: Sequence[AttackSpec | str],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 100,
+    seed: int = 0,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    ctx: DistContext | None = None,
+    meta: dict[str, Any] | None = None,
+    curve_steps: int = 100,
+    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    plots: bool = True,
+    stream: TextIO | None = None,
+) -> EvaluationResult:
     from .report import build_report, write_report
 
     ctx = ctx or DistContext(device=x.device)

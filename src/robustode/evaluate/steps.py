@@ -48,7 +48,8 @@ from torch import nn
 
 from ..attacks.adaptive import solvers_replaced
 from ..errors import InputError
-from ..nn.ode_block import ODEBlock, named_ode_blocks
+from ..nn.ode_block import ODEBlock
+from ..nn.solve_sites import named_solve_sites
 
 DEFAULT_ITERATIONS = (1, 100, 1000)
 STEPS_FILE = "steps.json"
@@ -59,13 +60,13 @@ def find_ode_blocks(model: nn.Module) -> list[tuple[str, ODEBlock]]:
     """(module path, block) of every ODE block of ``model``, in module order.
 
     Raises one ValueError when there is none (there is no grid to study)."""
-    blocks = list(named_ode_blocks(model))
+    blocks = named_solve_sites(model)
     if not blocks:
         raise InputError(
             f"the model ({type(model).__name__}) has no ODE blocks, so it has no step grids to "
             "study; give an ODE model (e.g. soblock, odenet, sonet)"
         )
-    return [(name or "(model)", block) for name, block in blocks]
+    return blocks
 
 
 def grid_of(steps: Sequence[tuple[float, float]], t1: float) -> tuple[list[float], float]:
@@ -319,6 +320,38 @@ def step_study(
     count does not matter: the trajectory runs to max(iterations)). ``tol`` sets
     rtol = atol of every adaptive block for this study only (restored afterwards).
     """
+    from ..nn.solve_sites import discover_sites, intercepting
+    from .inputs import check_inputs_fit_model
+
+    check_inputs_fit_model(model, x, y)
+    # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
+    with intercepting(model):
+        discover_sites(model, x)
+        return _step_study(
+            model,
+            x,
+            y,
+            iterations=iterations,
+            attack=attack,
+            eps=eps,
+            step_size=step_size,
+            per_image=per_image,
+            tol=tol,
+        )
+
+
+def _step_study(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    iterations: Sequence[int] = DEFAULT_ITERATIONS,
+    attack: str = "pgd1000-linf",
+    eps: float | None = None,
+    step_size: float | None = None,
+    per_image: bool = True,
+    tol: float | None = None,
+) -> StepStudy:
     from ..attacks import model_mode
 
     start = time.perf_counter()
@@ -565,9 +598,38 @@ def run_step_studies(
     written to ``out_dir`` as ``steps.json``, ``steps.md`` and ``steps.png``. The folder is
     claimed first (one writer; a study of another model, data or settings there is refused
     unless ``overwrite``), before anything runs."""
+    from ..nn.solve_sites import discover_sites, intercepting
+    from .inputs import check_inputs_fit_model
+
+    check_inputs_fit_model(model, x, y)
+    with intercepting(model):
+        discover_sites(model, x)
+        find_ode_blocks(model)
+        return _run_step_studies(
+            model, x, y, out_dir, iterations=iterations, attack=attack, eps=eps,
+            step_size=step_size, per_image=per_image, tols=tols, overwrite=overwrite,
+            meta=meta, progress=progress,
+        )  # fmt: skip
+
+
+def _run_step_studies(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    iterations: Sequence[int],
+    attack: str,
+    eps: float | None,
+    step_size: float | None,
+    per_image: bool,
+    tols: Sequence[float] | None,
+    overwrite: bool,
+    meta: dict[str, Any] | None,
+    progress: Any,
+) -> list[StepStudy]:
     from ..outputs import OutputFolder
 
-    find_ode_blocks(model)
     TrajectorySettings.from_attack(attack, eps=eps, step_size=step_size)
     settings = {
         "iterations": sorted(set(_check_iterations(iterations))),

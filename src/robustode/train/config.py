@@ -154,6 +154,14 @@ class TrainConfig:
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_m("int?", "stop each epoch after N steps (smoke runs)", low=1)
     )
+    trace_eq16: bool = field(
+        default=False,
+        metadata=_m(
+            "bool",
+            "record LAD eq. 16's ratio ‖x_1‖/‖∂L/∂x_0‖ each epoch on the first batch of "
+            "training images (eval mode; LAD's Fig. 2), for any defense",
+        ),
+    )
     nonfinite_loss: str = field(
         default="stop",
         metadata=_m(

@@ -456,7 +456,9 @@ def _train(
     _check_device_options(config, ctx)
     train_set, test_set = _load_data(config, ctx)
     model = build_model(config, train_set)
-    defense = create_defense(config.defense, **config.defense_options)
+    defense = create_defense(
+        config.defense, context={"data": config.data}, **config.defense_options
+    )
 
     def claim() -> str:
         folder.claim()
@@ -698,6 +700,8 @@ def _train(
                 )
             record["test_acc"] = test_acc
             record["test_loss"] = test_loss
+            if config.trace_eq16:
+                record["eq16_ratio"] = _eq16_probe(model, train_set, config, device)
             record["train_seconds"] = train_seconds
             record["seconds"] = seconds_before + time.perf_counter() - epoch_start
             stopping = epoch < config.epochs and ctx.flags_any(stop.requested)[0]
@@ -744,6 +748,18 @@ def _train(
         folder.write_json(SUMMARY, summary.to_dict())
     ctx.barrier()
     return summary
+
+
+def _eq16_probe(model: nn.Module, data: ImageDataset, config: TrainConfig, device) -> float:
+    """LAD eq. 16 on the first batch of training images, in eval mode (the running
+    statistics stay as they are, so a resumed run is still bitwise the same)."""
+    from ..attacks.base import model_mode
+    from ..defenses.lad import eq16_ratio
+
+    probe = data.subset(min(config.batch_size, len(data)))
+    x, y = probe.float_images().to(device), probe.labels.to(device)
+    with model_mode(model, "eval"):
+        return eq16_ratio(model, x, y)
 
 
 def _rank_rng(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
-"""What a training run shows: a tqdm bar on a terminal, one plain line per epoch otherwise.
+"""What a training run shows: a tqdm bar on a terminal, plain lines otherwise.
 
 On a terminal (``sys.stderr.isatty()``) each epoch gets a progress bar with
-the running loss; elsewhere (CI, a log file) nothing is printed during an
-epoch and one line sums it up at its end. Only rank 0 shows anything.
+the running loss; elsewhere (CI, a log file) a line starts the run, a
+heartbeat line with the step, the running loss and an estimate of the time
+left comes every ``heartbeat`` seconds (60 by default) inside a long epoch,
+and one line sums each epoch up at its end. Only rank 0 shows anything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from ..heartbeat import DEFAULT_INTERVAL_S, Heartbeat
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -45,14 +49,27 @@ class Progress:
         enabled: bool = True,
         bar: bool | None = None,
         stream: TextIO | None = None,
+        heartbeat: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self.epochs = epochs
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.bar = enabled and (self.stream.isatty() if bar is None else bar)
+        self.heartbeat = heartbeat
         self._tqdm: tqdm | None = None
+        self._beat: Heartbeat | None = None
+        self._steps = 0
+        self._loss = 0.0
 
     def start_epoch(self, epoch: int, steps: int) -> None:
+        self._steps, self._loss = 0, float("nan")
+        if self.enabled and not self.bar:
+            self._beat = Heartbeat(
+                f"epoch {epoch}/{self.epochs}",
+                total=steps,
+                interval=self.heartbeat,
+                stream=self.stream,
+            ).__enter__()
         if self.bar:
             self._tqdm = tqdm(
                 total=steps,
@@ -63,6 +80,9 @@ class Progress:
             )
 
     def step(self, loss: float) -> None:
+        self._steps += 1
+        if self._beat is not None:
+            self._beat.update(self._steps, f"step loss {loss:.4f}")
         if self._tqdm is not None:
             self._tqdm.update(1)
             self._tqdm.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -80,6 +100,9 @@ class Progress:
             print(message, file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self._beat is not None:
+            self._beat.__exit__(None, None, None)
+            self._beat = None
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
