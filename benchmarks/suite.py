@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from robustode.cli import BENCH_SECTIONS
+from robustode.cli.bench import BENCH_SECTIONS
 from robustode.io import write_bytes_atomic, write_json_atomic
 
 from .section import Section, environment
@@ -101,7 +101,7 @@ def run_suite(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from robustode.cli import bench_arguments
+    from robustode.cli.bench import bench_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     bench_arguments(p)
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(names: list[str], args: argparse.Namespace, program: str) -> int:
-    """Run ``names`` with the parsed options of :func:`robustode.cli.bench_arguments`."""
+    """Run ``names`` with the parsed options of :func:`robustode.cli.bench.bench_arguments`."""
     names = list(dict.fromkeys(names))  # a name given twice runs once
     if "attacks" in names:  # before any section runs, not after an hour of them
         from .bench_attacks import DEFAULT_DATA, check_data

@@ -93,7 +93,9 @@ def run_dir(tmp_path_factory):
 def test_suites_and_specs():
     assert [s.id for s in resolve_attacks("paper", None)] == list(PAPER)
     assert [s.id for s in resolve_attacks("autoattack", None)] == ["autoattack"]
-    plain = [s.id for s in resolve_attacks("full", None, nn.Linear(2, 2))]
+    # "full" runs AutoAttack's randomness check on probe images: a model that takes them
+    plain_model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+    plain = [s.id for s in resolve_attacks("full", None, plain_model)]
     assert "square" in plain and not any(i.startswith("adaptive") for i in plain)
     ode = create_model("odenet", width=4, num_blocks=1, method="rk4", step_size=0.5)
     full = [s.id for s in resolve_attacks("full", None, ode)]

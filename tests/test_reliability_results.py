@@ -548,12 +548,12 @@ def test_only_robustode_errors_are_one_line_and_bugs_keep_their_traceback(capsys
     code, _, err = _cli(["attacks", "pgd20-linf", "eps=-1"], capsys)
     assert code == 2
     _one_line(err, "eps must be a finite number > 0")
-    import robustode.cli as cli
+    import robustode.cli.defenses as defenses_command
 
     def broken(args):
         raise TypeError("an internal mistake")
 
-    monkeypatch.setattr(cli, "_run_defenses", broken)  # the parser is built per call
+    monkeypatch.setattr(defenses_command, "run", broken)  # the parser is built per call
     code, _, err = _cli(["defenses"], capsys)
     assert code == 1
     assert "Traceback" in err and "TypeError: an internal mistake" in err

@@ -47,7 +47,7 @@ from ..fingerprint import (
     settings_of,
     versions,
 )
-from ..io import read_json_limited
+from ..io import read_bytes_limited, read_json_limited
 from ..outputs import OutputFolder
 from ..train.distributed import DistContext
 from . import batches
@@ -57,6 +57,7 @@ from .suites import AttackSpec, parse_spec
 
 CONFIG_FILE = "eval_config.json"
 POINTS_DIR = "points"
+ADVERSARIAL_FILE_BYTES = 8 << 30
 SEED_STRIDE = 1_000_003
 EVAL_FORMAT = "robustode-eval-2"
 
@@ -84,6 +85,21 @@ class EvaluationResult:
     report: dict[str, Any]
     out_dir: Path
     points: dict[str, PointResults] = field(default_factory=dict)
+    # per attack id, the n points each attack returned (with save_adversarials)
+    adversarials: dict[str, torch.Tensor] | None = None
+
+    def worst_case_adversarials(self, x: torch.Tensor, attacks: Sequence[str]) -> torch.Tensor:
+        """Per point, the image of the first of ``attacks`` that broke it; the clean image
+        where none did (AutoAttack's ``x_adv``). Needs ``save_adversarials``."""
+        if self.adversarials is None:
+            raise InputError("the evaluation kept no adversarial images: save_adversarials=True")
+        out = x.detach().cpu().clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool)
+        for attack in attacks:
+            broken = self.points[attack].success.cpu() & ~done
+            out[broken] = self.adversarials[attack][broken]
+            done |= broken
+        return out
 
     def table(self) -> str:
         from .report import results_table
@@ -161,6 +177,45 @@ def _batch_rel(spec: AttackSpec, k: int) -> str:
     return f"{POINTS_DIR}/{spec.file_name}/batch-{k:05d}.json"
 
 
+def _adversarial_rel(spec: AttackSpec, k: int) -> str:
+    return f"{POINTS_DIR}/{spec.file_name}/batch-{k:05d}.adv.safetensors"
+
+
+def _write_adversarials(
+    folder: OutputFolder, spec: AttackSpec, k: int, x_adv: torch.Tensor, fingerprint: str
+) -> None:
+    from safetensors.torch import save as save_safetensors
+
+    data = save_safetensors({"x_adv": x_adv.contiguous()}, metadata={"fingerprint": fingerprint})
+    folder.write_bytes(_adversarial_rel(spec, k), data)
+
+
+def _read_adversarials(
+    folder: OutputFolder, spec: AttackSpec, k: int, fingerprint: str, count: int
+) -> torch.Tensor | None:
+    """A batch's saved adversarial images, or None when absent, foreign or not this batch's."""
+    import json as _json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    path = folder.root / _adversarial_rel(spec, k)
+    if not path.is_file() or not folder.owns(path):
+        return None
+    try:
+        data = read_bytes_limited(path, ADVERSARIAL_FILE_BYTES, what="adversarial images")
+        size = int.from_bytes(data[:8], "little")
+        header = _json.loads(data[8 : 8 + size])
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, OSError, InputError):
+        return None
+    x_adv = tensors.get("x_adv")
+    meta = header.get("__metadata__") or {}
+    if x_adv is None or meta.get("fingerprint") != fingerprint or x_adv.shape[0] != count:
+        return None
+    return x_adv
+
+
 def _as_specs(specs: Sequence[AttackSpec | str]) -> list[AttackSpec]:
     if isinstance(specs, str):
         raise InputError(
@@ -228,8 +283,9 @@ class _Batches:
 
 def _run_batch(
     model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
-) -> dict[str, Any]:
-    """Attack one batch; its per-point results as JSON-ready lists."""
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Attack one batch: the points it returned, and its per-point results as JSON-ready
+    lists."""
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     started = time.perf_counter()
@@ -239,7 +295,7 @@ def _run_batch(
     seconds = time.perf_counter() - started
     first = result.first_adversarial
     members = result.extra.get("per_attack")
-    return {
+    return result.x_adv.detach().to("cpu", torch.float32), {
         "success": result.success.int().cpu().tolist(),
         "clean_correct": result.clean_correct.int().cpu().tolist(),
         "queries": result.queries.cpu().tolist(),
@@ -399,9 +455,14 @@ def run_evaluation(
     eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
     plots: bool = True,
     stream: TextIO | None = None,
+    save_adversarials: bool = False,
 ) -> EvaluationResult:
     """Attack the images ``x`` (labels ``y``) with every spec and the curves' runs, write
     ``report.json``, ``report.md`` and (``plots``) the PNGs into ``out_dir``.
+
+    ``save_adversarials``: every attack's returned points are kept beside its batch files
+    (``points/ATTACK/batch-K.adv.safetensors``) and in the result's ``adversarials``; a
+    batch computed earlier without them is recomputed.
 
     ``progress``: True a tqdm bar, False one line per attack, None a bar only on a
     terminal. ``meta``: what the report says about where the model and data came from
@@ -432,6 +493,7 @@ def run_evaluation(
             eps_grid=eps_grid,
             plots=plots,
             stream=stream,
+            save_adversarials=save_adversarials,
         )
 
 
@@ -453,6 +515,7 @@ def _run_evaluation(
     eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
     plots: bool = True,
     stream: TextIO | None = None,
+    save_adversarials: bool = False,
 ) -> EvaluationResult:
     from .report import build_report, write_report
 
@@ -505,6 +568,10 @@ def _run_evaluation(
             todo[spec.id] = []
             for sl in mine:
                 data, why = layout.load(spec, sl)
+                if data is not None and save_adversarials and spec in specs:
+                    fp = layout.fingerprints[(spec.id, sl[0])]
+                    if _read_adversarials(folder, spec, sl[0], fp, sl[2] - sl[1]) is None:
+                        data, why = None, "its adversarial images were not saved"
                 if data is None:
                     todo[spec.id].append(sl)
                     if why is not None and ctx.is_main:
@@ -523,7 +590,9 @@ def _run_evaluation(
 
         def compute(spec: AttackSpec, sl: Slice) -> dict[str, Any]:
             k, a, b = sl
-            data = _run_batch(model, make_attack(spec, seed, k), x[a:b], y[a:b])
+            x_adv, data = _run_batch(model, make_attack(spec, seed, k), x[a:b], y[a:b])
+            if save_adversarials and spec in specs:
+                _write_adversarials(folder, spec, k, x_adv, layout.fingerprints[(spec.id, k)])
             data = batches.seal(
                 {
                     "fingerprint": layout.fingerprints[(spec.id, k)],
@@ -585,6 +654,21 @@ def _run_evaluation(
                     )
                 parts[spec.id].append(data)
         points_by_spec = {sid: _point_results(p) for sid, p in parts.items()}
+        adversarials = None
+        if save_adversarials:
+            adversarials = {}
+            for spec in specs:
+                pieces = []
+                for k, a, b in slices:
+                    fp = layout.fingerprints[(spec.id, k)]
+                    piece = _read_adversarials(folder, spec, k, fp, b - a)
+                    if piece is None:
+                        raise FolderError(
+                            f"{folder.root / _adversarial_rel(spec, k)} changed while the "
+                            "evaluation ran; run the evaluation again"
+                        )
+                    pieces.append(piece)
+                adversarials[spec.id] = torch.cat(pieces)
         notes = []
         cleans = {tuple(p.clean_correct.tolist()) for p in points_by_spec.values()}
         if len(cleans) > 1:
@@ -615,7 +699,9 @@ def _run_evaluation(
         if show is not None:
             show.close()
         folder.release()
-    return EvaluationResult(report=report, out_dir=out_dir, points=points_by_spec)
+    return EvaluationResult(
+        report=report, out_dir=out_dir, points=points_by_spec, adversarials=adversarials
+    )
 
 
 def _curves(

@@ -1,0 +1,61 @@
+"""``robustode reproduce``: a table of either paper, ours beside theirs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from .common import add_device_argument, positive_int
+
+
+def add(sub) -> None:
+    from ..experiments.reproduce import list_tables
+
+    p = sub.add_parser(
+        "reproduce",
+        help="train and evaluate a table of either paper; print ours next to the paper's",
+        description=(
+            "Reproduce one table of SONet (sonet-t1 … sonet-t4) or LAD (lad-t1 … lad-t7). "
+            "--scale full uses the papers' settings (a GPU and the full CIFAR data); "
+            "--scale smoke runs the same pipeline on the digits data in minutes on a CPU "
+            "(its numbers check the pipeline, not the papers). Every row is a run folder "
+            "under OUT/TABLE/, so an interrupted reproduce continues where it stopped."
+        ),
+    )
+    p.add_argument("table", nargs="?", choices=list_tables(), metavar="TABLE", help="table name")
+    p.add_argument("--list", action="store_true", help="list the tables and exit")
+    p.add_argument("--scale", choices=("smoke", "full"), default="smoke", help="default: smoke")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
+    p.add_argument("--data-dir", help="dataset folder at full scale (CIFAR-10/100)")
+    add_device_argument(p)
+    p.add_argument("--batch-size", type=positive_int, default=100, help="attack batch size")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain and re-evaluate rows that OUT/TABLE holds from other settings",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments.reproduce import describe_tables, format_table, reproduce
+    from ..train.distributed import resolve_device
+
+    if args.list:
+        print(describe_tables())
+        return 0
+    if args.table is None:
+        raise InputError("name a table (robustode reproduce --list shows them)")
+    result = reproduce(
+        args.table,
+        scale=args.scale,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        device=str(resolve_device(args.device)),
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(format_table(result))
+    print(f"\nwrote {result.out_dir}/reproduce.md and reproduce.json ({result.seconds:.0f} s)")
+    return 0
