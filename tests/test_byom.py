@@ -111,8 +111,8 @@ def test_a_torchdiffeq_model_from_a_file_gets_every_ode_check(user_ode, tmp_path
     assert len(sites) == 1 and "dopri5" in sites[0], sites
     # what was audited: the factory, its arguments and the weights' hash
     model = report["info"]["fingerprint"]["model"]
-    assert model["model_config"] == {"factory": f"{source}:build", "args": {}}
-    assert model["weights_sha256"] and report["info"]["factory"] == f"{source}:build"
+    assert model["model_config"] == {"factory": f"{source.resolve()}:build", "args": {}}
+    assert model["weights_sha256"] and report["info"]["factory"] == f"{source.resolve()}:build"
     # a trained model, not a random one: 60 steps reach 0.94 on the whole digits test split
     # (seed 0, 1 thread, 2026-11-29); the threshold leaves room for any CPU's trajectory
     assert report["clean_accuracy"] > 0.6
@@ -167,7 +167,7 @@ def test_a_plain_state_dict_evaluates_through_weights_only_and_code_is_refused(t
     argv += ["--eps-grid", "", "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["model"]["model_config"] == {"factory": f"{source}:build", "args": {}}
+    assert report["model"]["model_config"] == {"factory": f"{source.resolve()}:build", "args": {}}
 
     class Payload:  # a pickle that runs code when loaded
         def __reduce__(self):
@@ -202,3 +202,32 @@ def test_top_level_names():
     everyday = ("create_model", "create_attack", "odeint", "evaluate_model", "audit", "load_model")
     for name in everyday:
         assert callable(getattr(robustode, name)), name
+
+
+def test_train_your_own_architecture_and_evaluate_the_run_from_another_folder(
+    tmp_path, capsys, monkeypatch
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mlp.py").write_text(
+        "from torch import nn\n\n\ndef build(hidden=32):\n    return nn.Sequential(nn.Flatten(), "
+        "nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
+    )
+    monkeypatch.chdir(work)  # relative paths, as a user types them
+    argv = ["train", "--model", "mlp.py:build", "--model-opt", "hidden=16", "--epochs", "1"]
+    assert main([*argv, "--device", "cpu", "--no-progress-bar"]) == 0
+    run = work / "runs" / "build-natural-digits-seed0"
+    assert (run / "checkpoints" / "epoch-0001.json").is_file()  # not nested under runs/runs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    common = ["--attacks", "fgsm:eps=0.1", "--n", "10", "--curve-steps", "0", "--eps-grid", ""]
+    common += ["--device", "cpu"]
+    # the checkpoint names a factory: robustode does not import it unasked
+    assert main(["evaluate", str(run), *common]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"pass --model {(work / 'mlp.py').resolve()}:build" in line
+    assert main(["evaluate", str(run), "--model", str(work / "mlp.py") + ":build", *common]) == 0
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["model"]["model_config"]["args"] == {"hidden": 16}

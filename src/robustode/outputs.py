@@ -105,7 +105,8 @@ class OutputFolder:
     ) -> None:
         if command not in MARKERS:
             raise ValueError(f"unknown command '{command}'; one of: {', '.join(MARKERS)}")
-        self.root = Path(path)
+        # absolute: the paths callers build from root stay inside it whatever the cwd
+        self.root = Path(path).absolute()
         self.command = command
         self.overwrite = overwrite
         self.lock = lock

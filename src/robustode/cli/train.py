@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.loop import TrainingStopped
 
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if overrides.get("data_dir"):
+        # stored absolute: evaluating the run from another folder finds the same data
+        overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
     for name in _OPTION_FLAGS:
         if name in overrides:
             overrides[name] = dict(overrides[name])
@@ -105,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(base=read_run_config(run_dir), overrides=overrides)
     else:
         config = build_config(preset_name=args.preset, file=args.config, overrides=overrides)
+        # a factory's run is named after its function (the spec holds '/' and ':')
+        model_name = config.model.rpartition(":")[2] or config.model
         run_dir = args.run_dir or Path(
-            "runs", f"{config.model}-{config.defense}-{config.data}-seed{config.seed}"
+            "runs", f"{model_name}-{config.defense}-{config.data}-seed{config.seed}"
         )
     if args.checkpoint != "latest" and args.resume is None:
         raise InputError("--checkpoint chooses where --resume continues from; add --resume RUN_DIR")

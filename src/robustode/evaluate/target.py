@@ -223,7 +223,12 @@ def _load_external(
     data_seed: int | None,
     checkpoint: str | int,
 ) -> Target:
-    from ..models.external import build_external, is_factory_spec, load_external_weights
+    from ..models.external import (
+        build_external,
+        is_factory_spec,
+        load_external_weights,
+        normalize_factory_spec,
+    )
 
     if not is_factory_spec(spec):
         raise InputError(
@@ -240,7 +245,7 @@ def _load_external(
         path = Path(path)
         stored = read_weights(path, checkpoint=checkpoint)
         recorded = stored.model_config.get("factory")
-        if recorded != spec:
+        if recorded is None or normalize_factory_spec(recorded) != normalize_factory_spec(spec):
             raise InputError(
                 f"{path} was not trained from {spec} (its model: "
                 f"{recorded or stored.model_config.get('name')}); pass the factory it names"

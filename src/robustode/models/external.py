@@ -71,6 +71,15 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def normalize_factory_spec(spec: str) -> str:
+    """``spec`` with a file's path made absolute (a run trained from ``model.py:build`` is
+    then found again from any folder, and two spellings of one file compare equal)."""
+    target, _, attribute = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return f"{Path(target).expanduser().resolve()}:{attribute}"
+    return spec
+
+
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """The function ``spec`` names: ``package.module:function`` or ``path/file.py:function``."""
     if not is_factory_spec(spec):
@@ -122,7 +131,7 @@ def build_external(spec: str, args: dict[str, Any] | None = None) -> nn.Module:
             f"{spec} returned {type(model).__name__}, not a torch.nn.Module taking images in "
             "[0, 1] and returning logits"
         )
-    model.model_config = {"factory": spec, "args": args}
+    model.model_config = {"factory": normalize_factory_spec(spec), "args": args}
     return model.eval()
 
 
@@ -210,5 +219,6 @@ __all__ = [
     "is_factory_spec",
     "load_external_weights",
     "load_factory",
+    "normalize_factory_spec",
     "read_state_dict",
 ]

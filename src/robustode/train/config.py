@@ -53,7 +53,12 @@ class TrainConfig:
     """
 
     model: str = field(
-        default="resnet10", metadata=_m("str", "model name (see 'robustode models')")
+        default="resnet10",
+        metadata=_m(
+            "str",
+            "model name (see 'robustode models'), or your own: MODULE:FUNCTION or "
+            "FILE.py:FUNCTION, called with --model-opt KEY=VALUE as its arguments",
+        ),
     )
     model_options: dict[str, Any] = field(
         default_factory=dict,

@@ -160,7 +160,24 @@ def _load_data(config: TrainConfig, ctx: DistContext) -> tuple[ImageDataset, Ima
 
 def build_model(config: TrainConfig, data: ImageDataset) -> nn.Module:
     """``create_model(config.model, seed=config.seed, **config.model_options)``, with
-    ``num_classes`` and ``in_channels`` taken from the data unless given."""
+    ``num_classes`` and ``in_channels`` taken from the data unless given. A ``config.model``
+    naming a factory (``pkg.module:function`` or ``file.py:function``) is called with
+    ``model_options`` as its arguments, its parameters drawn after seeding from
+    ``config.seed`` (:mod:`robustode.models.external`)."""
+    from ..models.external import build_external, is_factory_spec
+
+    if is_factory_spec(config.model):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_external(config.model, dict(config.model_options)).train()
+        try:
+            json.dumps(model.model_config)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"--model-opt values must be JSON values, got {config.model_options}"
+            ) from None
+        model.input_shape = tuple(int(v) for v in data.image_shape)
+        return model
     accepted = model_entry(config.model).accepted_options()
     options = dict(config.model_options)
     for key, value in (("num_classes", data.num_classes), ("in_channels", data.image_shape[0])):
@@ -407,7 +424,7 @@ def train(
     Everything that can be refused — the config, the model and defense
     options, the data, the run folder — is checked before anything is written.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()  # paths built from it are the OutputFolder's
     if config is None:
         if not resume:
             raise ConfigError("train needs a config unless it resumes a run")
