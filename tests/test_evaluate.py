@@ -372,4 +372,7 @@ def test_progress_bar_and_quiet_modes(mlp, tmp_path):
     assert "2/2" in bar.getvalue() and "[1/1] fgsm: robust" in bar.getvalue()
     lines = io.StringIO()
     run_evaluation(mlp, x, y, specs, tmp_path / "b", progress=False, stream=lines, **kwargs)
-    assert lines.getvalue().startswith("[1/1] fgsm: robust") and "\r" not in lines.getvalue()
+    # in a log: a start line saying how much there is to do, then one line per attack
+    start, done = lines.getvalue().splitlines()
+    assert start == "evaluating: 2 (attack, batch) run(s) to do"
+    assert done.startswith("[1/1] fgsm: robust") and "\r" not in lines.getvalue()

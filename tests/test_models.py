@@ -128,7 +128,7 @@ def test_model_config_follows_set_solver_and_not_the_callers_objects():
         ("soblock", {"step_size": "big"}, "step_size must be a number > 0, got 'big'"),
         ("sonet", {"gamma": "0.1"}, "gamma must be a number ≥ 0, got '0.1'"),
         ("soblock", {"step_control": "per_image"}, "unknown step_control 'per_image'"),
-        ("soblock", {"step_size": 0.5}, "step_size is for the fixed-step methods (euler, rk4)"),
+        ("soblock", {"step_size": 0.5}, "step_size is for the fixed-step methods (euler, midpoint"),
         (
             "soblock",
             {"backend": "torchdiffeq", "step_control": "per_sample"},
