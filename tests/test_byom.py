@@ -231,3 +231,25 @@ def test_train_your_own_architecture_and_evaluate_the_run_from_another_folder(
     assert main(["evaluate", str(run), "--model", str(work / "mlp.py") + ":build", *common]) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["model"]["model_config"]["args"] == {"hidden": 16}
+
+
+def test_adversarial_images_are_kept_on_request_inside_the_threat_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = _train(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)))
+    data = load_dataset("digits", split="test").subset(24)
+    x, y = data.float_images(), data.labels
+    eps = 0.1
+    result = robustode.evaluate_model(
+        net, x, y, attacks=[f"pgd20-linf:eps={eps}"], batch_size=10, return_adversarials=True,
+        out_dir=tmp_path / "eval",
+    )  # fmt: skip
+    assert result.x_adv.shape == x.shape
+    assert (result.x_adv - x).abs().max() <= eps + 1e-6
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    with torch.no_grad():
+        pred = net(result.x_adv).argmax(1)
+    broken = result.clean_correct & ~result.robust
+    assert broken.any() and (pred[broken] != y[broken]).all()
+    assert torch.equal(result.x_adv[result.robust], x[result.robust])
+    files = sorted((tmp_path / "eval" / "points").rglob("*.adv.safetensors"))
+    assert len(files) == 3  # one per batch of 10, 10, 4

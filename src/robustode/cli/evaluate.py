@@ -77,6 +77,12 @@ def add(sub) -> None:
         f"(default: {','.join(f'{e:g}' for e in EPS_GRID_255)} and 0.031)",
     )
     p.add_argument(
+        "--save-adversarials",
+        action="store_true",
+        help="keep every attack's returned images as points/ATTACK/batch-K.adv.safetensors "
+        "(float32, [0, 1]; a batch computed earlier without them is recomputed)",
+    )
+    p.add_argument(
         "--progress-bar",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             meta=target.report_meta(),
             curve_steps=args.curve_steps,
             eps_grid=DEFAULT_EPS_GRID if args.eps_grid is None else args.eps_grid,
+            save_adversarials=args.save_adversarials,
         )
     except KeyboardInterrupt:
         if out is not None and ctx.is_main:
@@ -131,4 +138,6 @@ def run(args: argparse.Namespace) -> int:
         for note in result.report["notes"]:
             print(f"note: {note}")
         print(f"\nwrote {out}/report.json, report.md and plots")
+        if args.save_adversarials:
+            print(f"adversarial images: {out}/points/ATTACK/batch-K.adv.safetensors (x_adv)")
     return 0
