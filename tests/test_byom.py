@@ -253,3 +253,25 @@ def test_adversarial_images_are_kept_on_request_inside_the_threat_model(tmp_path
     assert torch.equal(result.x_adv[result.robust], x[result.robust])
     files = sorted((tmp_path / "eval" / "points").rglob("*.adv.safetensors"))
     assert len(files) == 3  # one per batch of 10, 10, 4
+
+
+def test_audit_transfers_from_a_surrogate_factory(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = _train(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)))
+    source = tmp_path / "mlp.py"
+    source.write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+    )
+    weights = tmp_path / "mlp.safetensors"
+    save_file(net.state_dict(), str(weights))
+    spec = f"{source}:build"
+    argv = ["audit", "--model", spec, "--weights", str(weights), "--data", "digits", "--n", "20"]
+    argv += ["--level", "quick", "--eps", "0.1", "--out", str(tmp_path / "a"), "--device", "cpu"]
+    assert main([*argv, "--surrogate", spec, "--surrogate-weights", str(weights)]) in (0, 1)
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    (transfer,) = [c for c in report["checks"] if c["name"] == "transfer"]
+    assert transfer["status"] != "skipped" and "the given surrogate" in transfer["message"]
+    capsys.readouterr()
+    assert main([*argv[:-4], "--surrogate-weights", str(weights)]) == 2
+    assert "add it" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from .common import add_target_arguments, eps_value, positive_int, target_from_args, test_images
 
 
@@ -52,10 +53,16 @@ def add(sub) -> None:
     )
     p.add_argument(
         "--surrogate",
+        metavar="PATH|MODULE:FUNCTION",
+        help="a model whose PGD adversarials are transferred to the audited one: a run folder "
+        "or checkpoint, or your own factory (with --surrogate-weights) (default: for ODE "
+        "models the model itself with a fixed-step solver, else no transfer)",
+    )
+    p.add_argument(
+        "--surrogate-weights",
         type=Path,
-        metavar="PATH",
-        help="a run folder or checkpoint whose PGD adversarials are transferred to the model "
-        "(default: for ODE models the model itself with a fixed-step solver, else no transfer)",
+        metavar="FILE",
+        help="weights for a --surrogate factory (safetensors or a weights_only state dict)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument(
@@ -80,10 +87,24 @@ def run(args: argparse.Namespace) -> int:
     target = target_from_args(args)
     args.n_default = LEVELS[args.level].n
     surrogate = None
+    if args.surrogate_weights is not None and args.surrogate is None:
+        raise InputError("--surrogate-weights load into a --surrogate MODULE:FUNCTION; add it")
     if args.surrogate is not None:
+        from ..models.external import is_factory_spec
+
         device = next(target.model.parameters()).device
-        surrogate = load_target(args.surrogate, device=device)
-        surrogate = surrogate.model
+        factory = is_factory_spec(args.surrogate) and not Path(args.surrogate).exists()
+        if factory:
+            surrogate = load_target(
+                None, model=args.surrogate, weights=args.surrogate_weights, device=device
+            ).model
+        else:
+            if args.surrogate_weights is not None:
+                raise InputError(
+                    "--surrogate-weights load into a --surrogate MODULE:FUNCTION, not into a "
+                    "run folder or checkpoint"
+                )
+            surrogate = load_target(Path(args.surrogate), device=device).model
     x, y = test_images(target, args)
     out = args.out or target.default_out_dir("audit")
     meta = target.report_meta()
