@@ -135,3 +135,44 @@ def test_defenses_lists_each_defense_with_its_options(capsys):
     for name in ("natural", "pgd_at", "trades", "lad", "lad_sm", "noise"):
         assert f"{name}: " in out
     assert "beta=6.0" in out
+
+
+def test_every_command_defaults_to_the_gpu_when_there_is_one():
+    """--device auto everywhere (it was cpu for evaluate, audit, steps, demo and reproduce)."""
+    import argparse
+
+    from robustode.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    with_device = {}
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if "--device" in action.option_strings:
+                with_device[name] = action.default
+    assert set(with_device) >= {"train", "evaluate", "audit", "steps", "demo", "reproduce"}
+    from robustode.train import TrainConfig
+
+    assert with_device.pop("train") == argparse.SUPPRESS  # train's defaults: TrainConfig's
+    assert TrainConfig().device == "auto"
+    assert set(with_device.values()) == {"auto"}, with_device
+
+
+def test_the_command_line_is_a_package_without_argparse_in_the_library():
+    """One module per command; argparse only in robustode/cli/; no sys.path edits."""
+    from pathlib import Path
+
+    import robustode
+
+    root = Path(robustode.__file__).parent
+    commands = {p.stem for p in (root / "cli").glob("*.py")} - {"__init__", "common"}
+    assert commands == {
+        "attacks", "audit", "bench", "defenses", "demo", "evaluate", "models", "reproduce",
+        "stability", "steps", "train",
+    }  # fmt: skip
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        if "cli" not in path.relative_to(root).parts:
+            assert "import argparse" not in text, path
+        if path.name != "external.py":  # a user's model file may import its neighbours
+            assert "sys.path.insert" not in text and "sys.path.append" not in text, path
