@@ -208,12 +208,26 @@ def doc_sandbox(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def _run_python(block: Block) -> None:
+    code = compile(block.code, block.id, "exec")
+    exec(code, {"__name__": f"doc_block_{block.line}"})  # the docs' own code
+
+
 @pytest.mark.parametrize("block", _params(PYTHON))
 def test_python_block_runs(block: Block, doc_sandbox):
     if block.skip is not None:
         pytest.skip(f"{block.id} not run: {block.skip}")
-    code = compile(block.code, block.id, "exec")
-    exec(code, {"__name__": f"doc_block_{block.line}"})  # the docs' own code
+    _run_python(block)
+
+
+def test_an_incomplete_block_fails(doc_sandbox):
+    """A fragment that leans on names from an earlier block (as the docs once did) fails, and
+    blocks share no namespace."""
+    first = Block(ROOT / "README.md", 1, "python", "model = 1", None)
+    second = Block(ROOT / "README.md", 2, "python", "print(model)", None)
+    _run_python(first)
+    with pytest.raises(NameError):
+        _run_python(second)
 
 
 def _commands(code: str) -> list[list[str]]:
