@@ -44,7 +44,8 @@ from .attack_peers import (
 from .section import Section
 from .timing import interleaved_medians
 
-# $ROBUSTODE_CIFAR10_DIR, else the workspace's ../shared/data next to the checkout (as the tests)
+# the CIFAR-10 subset: $ROBUSTODE_CIFAR10_DIR, else ../shared/data next to the checkout, where
+# the development machines keep it (as tests/cifar_subset.py)
 DEFAULT_DATA = Path(
     os.environ.get(
         "ROBUSTODE_CIFAR10_DIR",

@@ -81,7 +81,7 @@ def test_per_sample_block_output_is_independent_of_the_batch():
 
 
 def test_batch_block_output_depends_on_the_batch():
-    """The torchdiffeq property REFERENCE.md measured: batch-mates move an image's logits."""
+    """The torchdiffeq property docs/references.md reports: batch-mates move an image's logits."""
     torch.manual_seed(1)
     block = SkewConvODE(3, 8, tol=0.1)
     x = torch.rand(5, 3, 8, 8)

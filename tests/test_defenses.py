@@ -1,6 +1,6 @@
 """Training defenses, each checked against an independent computation.
 
-LAD (lad.txt eq. 5) and LAD-SM (eq. 8) against hand-written forward passes of
+LAD (eq. 5) and LAD-SM (eq. 8) against hand-written forward passes of
 tiny residual chains; TRADES against the official algorithm written out here;
 PGD-AT's examples against the threat model; noise against its measured
 standard deviation; every defense for one optimiser step on the damping

@@ -20,9 +20,9 @@ def n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize(
     ("name", "options", "published", "tolerance"),
     [
-        ("sonet", {"width": 64}, 5.94e6, 0.005),  # REFERENCE.md (reference code's sonet())
-        ("resnet10", {"width": 64}, 4.90e6, 0.005),  # REFERENCE.md
-        ("preact_resnet56", {}, 0.85e6, 0.02),  # LAD backbone, REFERENCE.md
+        ("sonet", {"width": 64}, 5.94e6, 0.005),  # reference code's sonet(), docs/references.md
+        ("resnet10", {"width": 64}, 4.90e6, 0.005),  # docs/references.md
+        ("preact_resnet56", {}, 0.85e6, 0.02),  # LAD backbone, docs/references.md
         ("wrn34_10", {}, 46.2e6, 0.01),  # TRADES' WRN-34-10
     ],
 )

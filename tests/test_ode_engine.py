@@ -61,7 +61,7 @@ def test_per_sample_record_holds_each_samples_own_grid():
 
 
 def test_batch_mode_couples_samples_and_per_sample_mode_does_not():
-    """The property REFERENCE.md measured for torchdiffeq: batch-mates change outputs."""
+    """The property docs/references.md reports for torchdiffeq: batch-mates change outputs."""
     f, y0 = make_field("mlp", seed=1)
     t = torch.tensor([0.0, 3.0])
     other = torch.randn(3, 5) * 20

@@ -1,4 +1,4 @@
-"""Perturbation points: the hidden-layer interface LAD and noise injection use (lad.txt eq. 5)."""
+"""Perturbation points: the hidden-layer interface LAD and noise injection use (LAD eq. 5)."""
 
 from __future__ import annotations
 

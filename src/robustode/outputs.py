@@ -105,7 +105,9 @@ class OutputFolder:
     ) -> None:
         if command not in MARKERS:
             raise ValueError(f"unknown command '{command}'; one of: {', '.join(MARKERS)}")
-        # absolute: the paths callers build from root stay inside it whatever the cwd
+        # absolute, so that a path built on it (``folder.root / "checkpoints"``) is never
+        # taken for a name relative to the folder: with a relative root (``--run-dir runs/r``)
+        # that name would be joined to the root a second time (runs/r/runs/r/checkpoints)
         self.root = Path(path).absolute()
         self.command = command
         self.overwrite = overwrite

@@ -150,7 +150,7 @@ class BestIterate:
     """Per point, the best iterate seen so far: an adversarial one first, then the highest loss.
 
     Returning this instead of the last iterate is what makes an attack return
-    an adversarial point it passed through (REFERENCE.md's first peer defect).
+    an adversarial point it passed through (the first peer defect of docs/references.md).
     """
 
     def __init__(self, x: torch.Tensor) -> None:

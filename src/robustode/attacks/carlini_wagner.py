@@ -1,6 +1,6 @@
 """Carlini–Wagner's τ-based L∞ attack (Carlini & Wagner 2017, §V-C), clipped to ε.
 
-This is the CW-L∞ the SONet reference evaluated with (REFERENCE.md): the
+This is the CW-L∞ the SONet reference evaluated with (docs/references.md): the
 image is optimised in tanh space, x' = (tanh(w) + 1)/2, by Adam on
 
     c · max(z_y − max_{j≠y} z_j, −κ) + Σ_i relu(|x'_i − x_i| − τ),

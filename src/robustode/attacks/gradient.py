@@ -7,7 +7,7 @@ subclass may override — :meth:`init_delta` (random start), :meth:`loss`,
 - evaluates every iterate x₀ … x_T, so it can return the **best adversarial
   found at any iterate** (an adversarial iterate beats a non-adversarial
   one; among equals the higher loss wins), not the last one — returning the
-  last iterate is a known peer defect (REFERENCE.md); ``select="last"``
+  last iterate is a known peer defect (docs/references.md); ``select="last"``
   gives Madry's last iterate for adversarial training;
 - with ``early_stop`` attacks only points not yet broken, which leaves the
   robust accuracy unchanged and saves most of the work on undefended models;
@@ -211,7 +211,7 @@ class GradientAttack(Attack):
 class PGD(GradientAttack):
     """PGD (Madry et al. 2018) in L∞ or L2; with ``random_start=False`` it is IFGSM/BIM.
 
-    SONet's setting (REFERENCE.md): L∞ ε 0.031, step 0.003, no random start;
+    SONet's setting (docs/references.md): L∞ ε 0.031, step 0.003, no random start;
     L2 ε 0.5, step 0.1, no random start; 20 or 1000 steps.
     """
 

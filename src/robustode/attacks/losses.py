@@ -2,7 +2,7 @@
 
 All are written without one-hot masking of the logits: ``max((1 − onehot)·z)``
 returns 0 instead of the largest other logit when every logit is negative (a
-known peer defect, REFERENCE.md); the true class is removed with −∞ instead.
+known peer defect, docs/references.md); the true class is removed with −∞ instead.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Attacks by name, with the two papers' settings as defaults (``create_attack("pgd20-linf")``).
 
-SONet (REFERENCE.md): PGD L∞ ε 0.031 step 0.003 and L2 ε 0.5 step 0.1, both
+SONet (reference code, docs/references.md): PGD L∞ ε 0.031 step 0.003 and L2 ε 0.5 step 0.1, both
 without random start, 20 or 1000 steps; CW-L∞ τ-based; SPSA ε 8/255, 20
 iterations × 32 samples, δ 0.01, lr 0.01. LAD: FGSM and IFGSM-20 without
 random start (α 0.5/255 at ε ≤ 1/255 for natural models, 2/255 at 8/255).

@@ -13,7 +13,7 @@ every iteration (one extra call) so the best adversarial is returned and
 broken points stop being attacked.
 
 Budget: iterations × (2·samples + 1) + 1 model calls per point.
-SONet's setting (REFERENCE.md): ε 8/255, 20 iterations, 32 samples, δ 0.01, lr 0.01.
+SONet's setting (docs/references.md): ε 8/255, 20 iterations, 32 samples, δ 0.01, lr 0.01.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every attack projects through :class:`ThreatModel`, so "the output lies in the
 ε-ball and in the box" is one function's property, tested once for all
 attacks. ε is always in pixel units of [0, 1] images — models normalise
 inside themselves (RobustBench convention), so there is no normalised-space
-clipping to get wrong (a known peer defect, REFERENCE.md).
+clipping to get wrong (a known peer defect, docs/references.md).
 
 Norms: L∞, L2 and L1. The L1 ball is the one where the box matters most: an
 L1 budget of ε = 12 can move one pixel by far more than it can move, so the
@@ -172,7 +172,7 @@ class ThreatModel:
 
         L2: a Gaussian direction and radius ε·U^(1/d), which is uniform in the
         d-dimensional ball — not a uniform radius, which piles the mass near
-        the centre (a known peer defect, REFERENCE.md). L1: random signs times
+        the centre (a known peer defect, docs/references.md). L1: random signs times
         Exponential(1) magnitudes normalised to sum 1 (uniform on the L1
         sphere: the simplex's Dirichlet(1, …, 1)), radius ε·U^(1/d).
         """

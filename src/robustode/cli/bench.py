@@ -40,7 +40,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="cifar-10-batches-py folder for the attacks section (default: "
-        "$ROBUSTODE_CIFAR10_DIR, else ../shared/data/cifar-10-batches-py next to the checkout)",
+        "$ROBUSTODE_CIFAR10_DIR, else the development machines' copy beside the checkout, "
+        "which benchmarks/bench_attacks.py names)",
     )
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 

@@ -1,6 +1,6 @@
 """What every training defense is: ``loss(model, x, y) → (loss, stats)``.
 
-A defense is a training objective (DESIGN.md): it owns how the batch is
+A defense is a training objective (docs/architecture.md): it owns how the batch is
 attacked or perturbed and how the loss is formed, never the optimiser step.
 The trainer calls it once per batch with the model in train mode and
 back-propagates the returned loss.

@@ -1,4 +1,7 @@
-"""Layer-wise adversarial defense, LAD and LAD-SM (lad.txt §3, appendices A–B).
+"""Layer-wise adversarial defense, LAD and LAD-SM (LAD §3, appendices A–B).
+
+LAD: Yang, Liu, Bao and Shi, *Layer-wise Adversarial Defense: An ODE
+Perspective* (ICLR 2021 submission; docs/references.md).
 
 The perturbation points of a model (:mod:`robustode.nn.perturbation`) are the
 states x_0, x_1, …, x_N of the discrete ODE x_{n+1} = x_n + f_n(x_n): x_0 is

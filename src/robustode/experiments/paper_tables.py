@@ -6,8 +6,8 @@ the paper's figures in percent. :mod:`robustode.experiments.reproduce` turns
 a table into training runs and evaluations at full or smoke scale and prints
 our numbers next to these.
 
-Sources: sonet.txt Tables 1–4 (CIFAR-10; SONet §5–6), lad.txt Tables 1–7
-(CIFAR-10/100; LAD §4 and appendices C–D). Where the paper's text is garbled
+Sources (docs/references.md): SONet Tables 1–4 (CIFAR-10; §5–6), LAD Tables 1–7
+(CIFAR-10/100; §4 and appendices C–D). Where the paper's text is garbled
 in places (LAD Table 6's baseline rows) the values were read digit by digit
 from the surviving characters; such cells are marked in ``notes``.
 """
@@ -270,7 +270,7 @@ def _sonet_t3() -> PaperTable:
 
 # ------------------------------------------------------------------------------ LAD
 def _lad_columns(small: bool) -> tuple[Column, ...]:
-    """FGSM and IFGSM-20 without random start at two radii (LAD §4; α per REFERENCE.md)."""
+    """FGSM and IFGSM-20 without random start at two radii (LAD §4; α per docs/references.md)."""
     if small:  # natural training: ε 0.5/255 and 1/255, IFGSM α 0.5/255
         radii, alpha = ((0.5, "0.5/255"), (1.0, "1/255")), 0.5
     else:  # adversarial training: ε 8/255 and 12/255, IFGSM α 2/255

@@ -2,9 +2,10 @@
 
 ResNet10: 3×3 conv stem + BN + ReLU → 4 stages of post-activation
 BasicBlocks (widths w·[1, 2, 4, 8], strides [1, 2, 2, 2]) → global average
-pool → linear; 4.90 M parameters at w = 64 (REFERENCE.md). SOBlock is the
-same network with the stem conv (and its BN + ReLU) replaced by a skew ODE
-block 3 → w, stride 1, integrated with dopri5 at tolerance 0.1.
+pool → linear; 4.90 M parameters at w = 64 (SONet reference code,
+docs/references.md). SOBlock is the same network with the stem conv (and its
+BN + ReLU) replaced by a skew ODE block 3 → w, stride 1, integrated with
+dopri5 at tolerance 0.1.
 """
 
 from __future__ import annotations

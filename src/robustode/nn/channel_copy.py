@@ -1,4 +1,4 @@
-"""Channel-copy: the skew block's initial auxiliary state z(0) (REFERENCE.md)."""
+"""Channel-copy: the skew block's initial auxiliary state z(0) (docs/references.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Named perturbation points: where LAD and noise injection touch a network's hidden layers.
 
-LAD (lad.txt eq. 5 and 8) perturbs the output x_n of every residual block;
+LAD (eq. 5 and 8) perturbs the output x_n of every residual block;
 noise injection (EnResNet, LAD's noise baseline) adds noise at the same
 places. Rather than have every defense register forward hooks on module
 internals, a model places a :class:`PerturbationPoint` at each such output —

@@ -10,7 +10,7 @@ For convolutions W is a kernel: ``conv2d(·, W)`` is W and
 ``conv_transpose2d(·, W)`` is exactly its adjoint Wᵀ, for stride 1 (3×3,
 padding 1) and stride 2 (4×4, padding 1, so 16 → 32 maps back exactly).
 
-Defaults follow the SONet reference code (REFERENCE.md): GroupNorm on each
+Defaults follow the SONet reference code (docs/references.md): GroupNorm on each
 state before the maps and after the activation, LeakyReLU(0.01), γ = 0, no
 bias, z(0) = channel-copy of the input, classifier z(0) = 0.1·1. Setting
 ``norm=None`` gives the plain eq. (3) that the theorem is about;

@@ -1,6 +1,6 @@
 """Adaptive Runge–Kutta integration with batch-shared or per-sample step control.
 
-Batch mode reproduces torchdiffeq 0.2.5 (REFERENCE.md): time in float64 (or
+Batch mode reproduces torchdiffeq 0.2.5 (docs/references.md): time in float64 (or
 ``options["dtype"]``), an automatic first step that stays differentiable (later
 step sizes detached), stages at t1 nudged one ulp below it, overshoot past
 each output time and quartic interpolation back; ``step_t`` (steps end on

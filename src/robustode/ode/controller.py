@@ -1,6 +1,6 @@
 """Step-size control: error norms, the first step, and the step-size update.
 
-Two modes share the formulas (torchdiffeq 0.2.5's, REFERENCE.md):
+Two modes share the formulas (torchdiffeq 0.2.5's, docs/references.md):
 
 * ``batch``: one error norm for the whole state — the RMS over every element
   of each state tensor, the maximum over the tensors of a tuple state — so a

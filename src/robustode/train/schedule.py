@@ -1,8 +1,8 @@
 """The papers' optimiser and learning-rate schedule: SGD with a piecewise-constant lr.
 
-- SONet (sonet.txt §5.1 and its reference code): SGD momentum 0.9, lr 0.01,
+- SONet (§5.1 and its reference code, docs/references.md): SGD momentum 0.9, lr 0.01,
   ×0.1 after epochs 150 and 300 of 350, batch 100, no weight decay.
-- LAD (lad.txt §4): SGD momentum 0.9, weight decay 1e-4, lr 0.1, ÷10 after
+- LAD (§4): SGD momentum 0.9, weight decay 1e-4, lr 0.1, ÷10 after
   epochs 80 and 120 of 160 (CIFAR-10) or 150 and 225 of 300 (CIFAR-100).
 
 Epochs are counted from 1. A milestone m means "after m epochs": epochs
