@@ -291,7 +291,33 @@ def test_ode_model_runs_the_ode_checks():
     assert {"deployed", "fixed", "per_sample"} <= set(substitution.evidence)
     assert transfer.status != "skipped" and "fixed-step" in transfer.evidence["source"]
     assert report.check("batch_composition").status == "fail"  # batch-shared steps
+    assert report.check("black_box_spsa").evidence["per_image"] is True
+    assert "one image at a time" in report.check("black_box_spsa").message
     assert report.verdict in ("suspicious", "masked")
+
+
+class _BatchCentred(nn.Module):
+    """Subtracts the batch mean of its input: batch-dependent with no ODE block to see."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x - 0.5 * x.mean(0, keepdim=True))
+
+
+def test_audit_runs_spsa_one_image_at_a_time_when_its_batch_check_sees_dependence():
+    """No solve site tells SPSA's "auto" the model is batch-dependent; the audit's
+    batch-composition check does. A batch-independent model keeps SPSA batched."""
+    model, x, _ = _linear()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    for net, dependent in ((_BatchCentred(model), True), (model, False)):
+        with torch.no_grad():
+            y = net(x).argmax(1)
+        report = audit(net, x, y, eps=0.05, level="quick", seed=0)
+        assert (report.check("batch_composition").status == "fail") is dependent
+        assert report.check("black_box_spsa").evidence["per_image"] is dependent
 
 
 def test_audit_rejects_bad_arguments():

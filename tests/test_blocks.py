@@ -44,6 +44,31 @@ def test_skew_conv_block_shapes(c_in, c_out, stride, size, out_size):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize(("size", "out_size"), [(32, 16), (8, 4), (7, 4), (9, 5), (2, 1)])
+def test_3x3_stride_2_block_gives_the_ceil_half_size(size, out_size):
+    """The paper's 3×3 stride-2 block (padding 1): ⌈H/2⌉, z(0) every second pixel."""
+    block = SkewConvODE(4, 8, 2, kernel_size=3, method="euler")
+    assert block.field.weight.shape == (8, 4, 3, 3)
+    x = torch.rand(2, 4, size, size, requires_grad=True)
+    _, z0 = block.initial_state(x)
+    assert z0.shape == (2, 8, out_size, out_size)
+    assert torch.equal(z0[:, :4], x[..., ::2, ::2].detach())
+    z = block(x)
+    assert z.shape == (2, 8, out_size, out_size)
+    z.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_channel_copy_to_a_given_size_agrees_with_the_reference_where_sizes_agree():
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(channel_copy(x, 6, 2, size=(4, 4)), channel_copy(x, 6, 2))
+    odd = torch.rand(1, 3, 7, 7)
+    assert channel_copy(odd, 3, 2).shape[-1] == 3
+    assert torch.equal(channel_copy(odd, 3, 2, size=(4, 4)), odd[..., ::2, ::2])
+    with pytest.raises(ValueError, match="cannot give a 5×5 z"):
+        channel_copy(odd, 3, 2, size=(5, 5))
+
+
 def test_reference_defaults_are_documented_choices():
     block = SkewConvODE(3, 64)
     assert block.solver.method == "dopri5" and block.solver.rtol == block.solver.atol == 0.1
@@ -179,6 +204,10 @@ def test_bad_block_arguments_are_named():
         SkewConvODE(3, 8, 3)
     with pytest.raises(ValueError, match="gamma"):
         SkewConvODE(3, 8, gamma=-0.1)
+    with pytest.raises(ValueError, match="stride-2 skew block takes kernel size 4 or 3, got 5"):
+        SkewConvODE(3, 8, 2, kernel_size=5)
+    with pytest.raises(ValueError, match="stride-1 skew block takes kernel size 3, got 4"):
+        SkewConvODE(3, 8, 1, kernel_size=4)
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         SkewConvODE(3, 8, activation="gelu")
     with pytest.raises(ValueError, match="expects \\(N, 3, H, W\\)"):

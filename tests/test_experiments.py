@@ -65,6 +65,27 @@ def test_every_row_builds_a_valid_training_config(scale):
                 assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
+def test_sonet_table_1_has_the_paper_text_sonet_with_its_parameter_count():
+    """Table 1's variant row: the SONet of the paper's text beside the reference code's, at
+    each width, with the paper's SONet figures; the count its note states is the model's and
+    the one its layer shapes give (tests/test_models.py derives it)."""
+    from .test_models import _sonet_params
+
+    table = PAPER_TABLES["sonet-t1"]
+    rows = {r.label: r for r in table.rows}
+    for width in (32, 64):
+        text, code = rows[f"SONet (paper text) {width}"], rows[f"SONet {width}"]
+        assert text.paper == code.paper and text.group == code.group
+        config = train_config(table, text, FULL, data_dir=None)
+        assert config.model == "sonet_paper_text" and config.model_options == {"width": width}
+        model = create_model(config.model, **config.model_options)
+        count = sum(p.numel() for p in model.parameters())
+        assert count == _sonet_params(width, 10, blocks=1, k_down=3)
+        if width == 64:
+            assert f"{count / 1e6:.2f} M parameters at width 64" in " ".join(table.notes)
+    assert "SONet (paper text) 32" in [r.label for r in rows_at(table, SMOKE)]
+
+
 def test_full_scale_keeps_the_papers_recipes():
     t2 = PAPER_TABLES["sonet-t2"]
     config = train_config(t2, t2.rows[2], FULL, data_dir=None)

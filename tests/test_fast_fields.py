@@ -131,6 +131,27 @@ def test_fast_conv_field_equals_the_reference(shape, options, dtype):
     _compare_fields(field, _conv_state(field, c_in, c_out, size, dtype), dtype)
 
 
+# The 3×3 stride-2 block of the paper's text (sonet_paper_text): an even size (the
+# transposed convolution's output_padding 1), an odd one (0), 8×8 NHWC and 4×4 NCHW.
+KERNEL3_SHAPES = [(16, 32, 2, 32), (16, 32, 2, 9), (16, 32, 2, 8), (32, 64, 2, 4)]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
+)
+@pytest.mark.parametrize("shape", KERNEL3_SHAPES, ids=lambda s: "{}to{}_s{}_{}px".format(*s))
+def test_fast_3x3_stride_2_field_equals_the_reference(shape, options, dtype):
+    c_in, c_out, stride, size = shape
+    torch.manual_seed(0)
+    field = SkewConvField(c_in, c_out, stride, kernel_size=3, **options).to(dtype)
+    assert field.weight.shape[-2:] == (3, 3)
+    _perturb_norms(field)
+    x, z = _conv_state(field, c_in, c_out, size, dtype)
+    assert z.shape[-1] == (size + 1) // 2  # ⌈H/2⌉: a 3×3 kernel, padding 1, stride 2
+    _compare_fields(field, (x, z), dtype)
+
+
 def _perturb_norms(module):
     """GroupNorm starts at γ = 1, β = 0; move it off so its gradients are checked for real."""
     gen = torch.Generator().manual_seed(3)
@@ -285,6 +306,16 @@ def test_fast_block_takes_the_reference_steps(shape, z0, dtype):
     _assert_same_solve(block, x, dtype)
 
 
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+@pytest.mark.parametrize("z0", ["channel_copy", "zeros"])
+@pytest.mark.parametrize("size", [16, 9])
+def test_fast_3x3_stride_2_block_takes_the_reference_steps(size, z0, dtype):
+    torch.manual_seed(0)
+    block = SkewConvODE(16, 32, 2, kernel_size=3, z0=z0).to(dtype)
+    x = torch.rand(2, 16, size, size, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    _assert_same_solve(block, x, dtype)
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -314,6 +345,7 @@ def test_fast_linear_and_neural_ode_blocks_take_the_reference_steps():
     [
         ("soblock", {"width": 16}),
         ("sonet", {"width": 16, "blocks_per_stage": 1}),
+        ("sonet_paper_text", {"width": 16}),
         ("odenet", {"width": 16, "num_blocks": 2}),
     ],
 )

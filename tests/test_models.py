@@ -48,6 +48,70 @@ def test_parameter_counts_of_the_variants():
     assert n_params(create_model("sonet", blocks_per_stage=1)) == 2_802_902
 
 
+def _skew_conv_params(c_in: int, c_out: int, k: int) -> int:
+    """One skew conv ODE block: one shared k×k kernel W (c_out·c_in·k²; −Wᵀ reuses it, no
+    bias) and four affine GroupNorms (x in/out on c_in, z in/out on c_out: 2 per channel)."""
+    return c_out * c_in * k * k + 2 * (2 * c_in + 2 * c_out)
+
+
+def _sonet_params(w: int, classes: int, blocks: int, k_down: int, c_in: int = 3) -> int:
+    """SONet §4 / Fig. 2 from its layer shapes: stem c_in→w (3×3), stages w·[1, 2, 4, 8]
+    (first block of stages 2–4 stride 2 with k_down×k_down, the rest 3×3 C→C), classifier
+    W (8w × classes) with biases b_z (classes) and b_x (8w)."""
+    count = _skew_conv_params(c_in, w, 3)
+    channels = w
+    for stage, mult in enumerate((1, 2, 4, 8)):
+        width = w * mult
+        for index in range(blocks):
+            k = k_down if stage > 0 and index == 0 else 3
+            count += _skew_conv_params(channels, width, k)
+            channels = width
+    return count + channels * classes + classes + channels
+
+
+@pytest.mark.parametrize("width", [64, 32])
+def test_sonet_parameter_counts_from_the_layer_shapes(width):
+    """The reference code's SONet (5.94 M at w 64, the published figure) and the paper text's
+    (one block per stage, 3×3 stride-2 kernels; the classifier placement and z(0) add no
+    parameters), each against the count derived from its layer shapes."""
+    reference = n_params(create_model("sonet", width=width))
+    text = n_params(create_model("sonet_paper_text", width=width))
+    assert reference == _sonet_params(width, 10, blocks=2, k_down=4)
+    assert text == _sonet_params(width, 10, blocks=1, k_down=3)
+    if width == 64:
+        assert (reference, text) == (5_944_022, 1_598_678)
+    # the options compose: sonet with the text's options is the same network
+    same = create_model(
+        "sonet",
+        width=width,
+        blocks_per_stage=1,
+        downsample_kernel=3,
+        activation_placement="after",
+        classifier_z0=1.0,
+        seed=0,
+    )
+    twin = create_model("sonet_paper_text", width=width, seed=0)
+    weights, twin_weights = same.state_dict(), twin.state_dict()
+    assert list(weights) == list(twin_weights)
+    assert all(torch.equal(weights[k], twin_weights[k]) for k in weights)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same(x), twin(x))
+
+
+def test_sonet_paper_text_is_the_text_not_the_code():
+    model = create_model("sonet_paper_text", width=8)
+    blocks = dict(model.named_ode_blocks())
+    stages = [n for n in blocks if n.startswith("layer")]
+    assert stages == [f"layer{s}.0.block" for s in range(1, 5)]  # one block per stage
+    assert {blocks[f"layer{s}.0.block"].field.kernel_size for s in (2, 3, 4)} == {3}
+    assert model.classifier.field.placement == "after" and model.classifier.z0 == 1.0
+    assert model.model_config["downsample_kernel"] == 3
+    reference = create_model("sonet", width=8)
+    assert dict(reference.named_ode_blocks())["layer2.0.block"].field.kernel_size == 4
+    assert reference.classifier.field.placement == "before" and reference.classifier.z0 == 0.1
+
+
 # ------------------------------------------------------------------ shapes, gradients, seeds
 # full-size models on 32×32 images that take 5–20 s on 2 cores (the --fast tier leaves them out)
 SLOW_ON_CIFAR = {"odenet", "inresnet56", "lambda_inresnet56", "wrn34_10_soblock"}

@@ -57,6 +57,32 @@ def test_conv_transpose_is_the_exact_adjoint(stride):
     assert abs(float(energy)) <= 1e-10 * float(x.norm() * z.norm())
 
 
+@pytest.mark.parametrize(
+    ("stride", "kernel_size", "size"),
+    [(1, 3, 9), (2, 4, 8), (2, 4, 9), (2, 3, 8), (2, 3, 9), (2, 3, 2)],
+)
+def test_skew_field_uses_the_exact_transpose_of_its_convolution(stride, kernel_size, size):
+    """The z-field is W x and the x-field −Wᵀ z, Wᵀ the adjoint on x's shape:
+    ⟨W x, z⟩ = ⟨x, Wᵀ z⟩ for random x, z, and Wᵀ z equals the vector–Jacobian product of
+    the convolution (autograd's transpose, an independent computation). The 3×3 stride-2
+    kernel (the paper's Fig. 2) needs output_padding on even sizes for x's shape."""
+    torch.manual_seed(2)
+    field = SkewConvField(
+        3, 4, stride, kernel_size=kernel_size, norm=None, activation="identity"
+    ).to(F64)
+    x = torch.randn(2, 3, size, size, dtype=F64, requires_grad=True)
+    z = torch.randn(field.z_shape(x.shape, 4), dtype=F64)
+    dx, dz = field(torch.zeros((), dtype=F64), (x, z))
+    assert dx.shape == x.shape and dz.shape == z.shape
+    w_x, wt_z = dz, -dx  # W x and Wᵀ z
+    lhs, rhs = (w_x * z).sum(), (x * wt_z).sum()
+    scale = float((x.norm() * z.norm() * field.weight.norm()).detach())
+    assert abs(float(lhs - rhs)) <= 1e-12 * scale
+    conv = torch.nn.functional.conv2d(x, field.weight, stride=stride, padding=1)
+    (vjp,) = torch.autograd.grad(conv, x, z)
+    assert float((vjp - wt_z).abs().max()) <= 1e-12 * float(vjp.abs().max())
+
+
 def _field_jacobian(field, x, z):
     nx = x.numel()
 

@@ -10,6 +10,7 @@ from .adaptive import (
     SUBSTITUTES,
     SolverSubstitute,
     SolverSubstitution,
+    batch_shared_step_control,
     has_ode_blocks,
     substitute_solver,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ThreatModel",
     "attack_preset",
     "autoattack",
+    "batch_shared_step_control",
     "check_randomness",
     "create_attack",
     "cross_entropy",

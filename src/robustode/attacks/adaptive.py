@@ -56,6 +56,17 @@ def has_ode_blocks(model: nn.Module) -> bool:
     return bool(ode_blocks(model))
 
 
+def batch_shared_step_control(model: nn.Module) -> bool:
+    """Some solve site of ``model`` runs an adaptive method with one step grid for the whole
+    batch (``step_control="batch"``, torchdiffeq's way): then an image's outputs depend on
+    the other images of its batch. A site whose settings are unknown does not count."""
+    for site in ode_blocks(model):
+        solver = getattr(site, "solver", None)
+        if solver is not None and solver.adaptive and solver.step_control == "batch":
+            return True
+    return False
+
+
 def substitute_solver(
     solver: SolverConfig, kind: str = "fixed", *, steps: int = 16, tighten: float = 100.0
 ) -> SolverConfig:

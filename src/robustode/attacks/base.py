@@ -281,7 +281,7 @@ class Attack:
             for start in range(0, x.shape[0], chunk):
                 xb, yb = x[start : start + chunk], y[start : start + chunk]
                 parts.append(self._run_chunk(model, xb, yb, generator, trace))
-        return _concat(parts, x, y)
+        return concat_results(parts, x, y)
 
     def _run_chunk(
         self,
@@ -351,7 +351,8 @@ class Attack:
         raise NotImplementedError
 
 
-def _concat(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+def concat_results(parts: list[AttackResult], x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    """The results of consecutive chunks of ``x`` as one (loss traces padded with NaN)."""
     if not parts:
         empty = torch.zeros(0, dtype=torch.bool, device=x.device)
         return AttackResult(x.clone(), empty, empty, torch.zeros(0, dtype=torch.long))

@@ -124,7 +124,13 @@ _add(
     steps=20,
     **SONET_LINF,
 )
-_add("spsa", "SPSA, ε 8/255, 20 iterations × 32 samples, δ 0.01, lr 0.01 (SONet)", SPSA)
+_add(
+    "spsa",
+    "SPSA, ε 8/255, 20 iterations × 32 samples, δ 0.01, lr 0.01; one image at a time on a "
+    "model with batch-shared step control (SONet)",
+    SPSA,
+    per_image="auto",
+)
 _add("apgd-ce", "APGD-CE, ε 8/255, 100 iterations (AutoAttack)", APGDCE, eps=8 / 255)
 _add("apgd-dlr", "APGD-DLR, ε 8/255, 100 iterations (AutoAttack plus and rand)", APGDDLR, ("loss",))
 _add("apgd-t", "APGD-T (DLR, 9 targets), ε 8/255, 100 iterations (AutoAttack)", APGDT, ("loss",))

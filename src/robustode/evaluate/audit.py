@@ -254,6 +254,7 @@ class _Audit:
         self.blocks = ode_blocks(model)
         self.white_box: dict[str, torch.Tensor] = {}  # attack name → per-point robust
         self.pgd: AttackResult | None = None
+        self.batch_check: CheckResult | None = None  # batch_composition, once it has run
 
     # ---------------------------------------------------------- helpers
     def run(self, attack, model=None, trace=False) -> AttackResult:
@@ -417,10 +418,18 @@ class _Audit:
         else:
             it, s = self.cfg.spsa_iterations, self.cfg.spsa_samples
             self.progress(f"SPSA, {it} iterations × {s} samples")
-            attack = SPSA(self.eps, iterations=it, samples=s, seed=self.seed + 5000)
-            label = f"SPSA ({it}×{s})"
+            attack = SPSA(
+                self.eps,
+                iterations=it,
+                samples=s,
+                seed=self.seed + 5000,
+                per_image=True if self.batch_dependent() else "auto",
+            )
+            per_image = attack.queries_one_image_at_a_time(self.model)
+            label = f"SPSA ({it}×{s}{', one image at a time' if per_image else ''})"
         robust = self.run(attack).robust
         c = compare(robust, self.strongest_white_box())
+        extra = {"per_image": per_image} if which == "spsa" else {}
         return outcome(
             c["significant"],
             f"black_box_{which}",
@@ -432,7 +441,20 @@ class _Audit:
             white_box=c["reference"],
             margin=c["margin"],
             discordant=c["discordant"],
+            **extra,
         )
+
+    def remember_batch_check(self, check: CheckResult) -> CheckResult:
+        self.batch_check = check
+        return check
+
+    def batch_dependent(self) -> bool:
+        """The batch-composition check saw an image's outputs move with its batch-mates:
+        predictions or gradients (it failed) or ODE step grids changed."""
+        check = self.batch_check
+        if check is None or check.status == "skip":
+            return False
+        return check.failed or check.evidence.get("step_grid_changes", 0) > 0
 
     def transfer(self) -> CheckResult:
         steps = self.cfg.transfer_steps
@@ -694,13 +716,15 @@ def _audit(
         ("eps_growth", "attacks", "suspicious", a.eps_growth),
         ("unbounded_attack", "attacks", "masked", a.unbounded),
         ("black_box_square", "attacks", "masked", lambda: a.black_box("square")),
-        ("black_box_spsa", "attacks", "masked", lambda: a.black_box("spsa")),
         ("transfer", "attacks", "masked", a.transfer),
         ("finite_differences", "gradients", "masked",
          lambda: ac.check_finite_differences(model, x[:p], y[:p], directions=cfg.fd_directions,
                                              seed=seed)),
-        ("batch_composition", "ode", "suspicious",
-         lambda: ac.check_batch_composition(model, x[:b], y[:b], others)),
+        ("batch_composition", "ode", "suspicious", lambda: a.remember_batch_check(
+            ac.check_batch_composition(model, x[:b], y[:b], others))),
+        # after batch_composition: on a model whose outputs move with the batch, SPSA queries
+        # one image at a time (attacks seed their own RNG, so the order changes no other check)
+        ("black_box_spsa", "attacks", "masked", lambda: a.black_box("spsa")),
     ]  # fmt: skip
     checks: list[CheckResult] = []
     with model_mode(model, "eval"):

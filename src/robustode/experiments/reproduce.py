@@ -66,6 +66,7 @@ SMOKE = Scale(
         "resnet10": {"width": 8},
         "soblock": {"width": 8},
         "sonet": {"width": 8, "blocks_per_stage": 1},
+        "sonet_paper_text": {"width": 8},
         "odenet": {"width": 8, "num_blocks": 2},
         "wrn34_10_soblock": {"depth": 10, "widen_factor": 1},
         "preact_resnet56": {"width": 8, "depth": 14},
@@ -84,7 +85,12 @@ SMOKE = Scale(
 
 # Tables with many rows run a representative subset at smoke scale.
 SMOKE_ROWS: dict[str, tuple[str, ...]] = {
-    "sonet-t1": ("SONet 32", "SOBlock 32", "ResNet10-TRADES (1/λ = 6) 32"),
+    "sonet-t1": (
+        "SONet 32",
+        "SONet (paper text) 32",
+        "SOBlock 32",
+        "ResNet10-TRADES (1/λ = 6) 32",
+    ),
     "sonet-t2": (
         "SOBlock Euler",
         "SOBlock RK4 (3/8 rule)",

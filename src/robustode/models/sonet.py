@@ -5,11 +5,23 @@ w·[1, 2, 4, 8], the first block of a stage with stride [1, 2, 2, 2] → global
 average pool → classifier skew ODE block (``SkewLinearODE``) whose z(1) are
 the logits.
 
-Blocks per stage: the paper says each of ResNet10's blocks is replaced by an
-ODE block (one per stage, 2.80 M parameters at w = 64); the reference code's
-``sonet()`` builds two per stage, which gives the published 5.94 M. The
-default follows the reference code; ``blocks_per_stage=1`` is the paper's
-description.
+Where the paper's text and the reference code differ, ``sonet`` follows the
+code (the published 5.94 M parameters at w = 64) and each difference is an
+option; ``sonet_paper_text`` is the network the text describes:
+
+======================  ===========================  ==============================
+option                  reference code (``sonet``)   paper text (``sonet_paper_text``)
+======================  ===========================  ==============================
+blocks_per_stage        2                            1 ("each block of ResNet10
+                                                     replaced by an ODE block")
+downsample_kernel       4 (4×4 stride 2)             3 (Fig. 2: 3×3 Conv, 3×3
+                                                     TransConv)
+activation_placement    before (σ, then W)           after (eq. 3: σ(Wx + b))
+classifier_z0           0.1                          1 ("we set z(0) as 1", §4)
+======================  ===========================  ==============================
+
+The feature blocks' z(0) is the channel copy of their input in both (§4: "we
+set the initial condition z_k as x_k").
 """
 
 from __future__ import annotations
@@ -44,10 +56,13 @@ class SONet(RobustModel):
         in_channels: int = 3,
         width: int = 64,
         blocks_per_stage: int = 2,
+        downsample_kernel: int = 4,
         normalize: NormalizeSpec = None,
         options: dict[str, Any] | None = None,
     ) -> None:
-        """``options``: the flat ODE options of ``create_model`` (solver, skew, classifier)."""
+        """``options``: the flat ODE options of ``create_model`` (solver, skew, classifier).
+
+        ``downsample_kernel``: the kernel size (4 or 3) of the stride-2 blocks."""
         super().__init__()
         options = options or {}
         skew = SkewBlockOptions.from_options(options)
@@ -60,7 +75,14 @@ class SONet(RobustModel):
             blocks_per_stage,
             width,
             lambda c_in, c_out, stride, _, name: PointAfter(
-                SkewConvODE(c_in, c_out, stride, **conv), name
+                SkewConvODE(
+                    c_in,
+                    c_out,
+                    stride,
+                    kernel_size=downsample_kernel if stride == 2 else None,
+                    **conv,
+                ),
+                name,
             ),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -86,6 +108,7 @@ def sonet(
     in_channels: int = 3,
     width: int = 64,
     blocks_per_stage: int = 2,
+    downsample_kernel: int = 4,
     normalize: NormalizeSpec = None,
     **ode: Any,
 ) -> SONet:
@@ -94,6 +117,42 @@ def sonet(
         in_channels=in_channels,
         width=width,
         blocks_per_stage=blocks_per_stage,
+        downsample_kernel=downsample_kernel,
         normalize=normalize,
         options=ode,
+    )
+
+
+@register_model(
+    "sonet_paper_text",
+    paper="SONet §4, Fig. 2 as the text describes it (Table 1 variant)",
+    summary="sonet with 1 block/stage, 3×3 stride-2 kernels, classifier σ(Wx+b), z(0) = 1",
+    ode_options=SOLVER_OPTIONS + SKEW_OPTIONS,
+)
+def sonet_paper_text(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 64,
+    blocks_per_stage: int = 1,
+    downsample_kernel: int = 3,
+    activation_placement: str = "after",
+    classifier_z0: float = 1.0,
+    normalize: NormalizeSpec = None,
+    **ode: Any,
+) -> SONet:
+    # The classifier options are this builder's own (defaults: the text's), so
+    # model_config records them and `robustode models` lists them.
+    return SONet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        blocks_per_stage=blocks_per_stage,
+        downsample_kernel=downsample_kernel,
+        normalize=normalize,
+        options={
+            **ode,
+            "activation_placement": activation_placement,
+            "classifier_z0": classifier_z0,
+        },
     )

@@ -7,8 +7,12 @@ the linearised flow is orthogonal (norm-preserving, eq. 4) and, for σ′ > 0 an
 γ > 0, every eigenvalue of the Jacobian has negative real part (Theorem 3.1).
 
 For convolutions W is a kernel: ``conv2d(·, W)`` is W and
-``conv_transpose2d(·, W)`` is exactly its adjoint Wᵀ, for stride 1 (3×3,
-padding 1) and stride 2 (4×4, padding 1, so 16 → 32 maps back exactly).
+``conv_transpose2d(·, W)`` with the same kernel, stride and padding is exactly
+its adjoint Wᵀ once its output has the input's spatial size, which
+``output_padding`` sets (the transposed convolution's output size is ambiguous
+for stride 2). Stride 1 uses 3×3 kernels; stride 2 uses 4×4 (the reference
+code's: 16 → 32 maps back with no output padding) or 3×3 (the paper's Fig. 2:
+a 3×3 conv and a 3×3 transposed conv; 16 → 31, padded to 32), both padding 1.
 
 Defaults follow the SONet reference code (docs/references.md): GroupNorm on each
 state before the maps and after the activation, LeakyReLU(0.01), γ = 0, no
@@ -65,6 +69,23 @@ def _norm_or_identity(norm: str | None, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm '{norm}'; choose 'group' or None")
 
 
+# Kernel sizes per stride (padding 1 for all): the first is the default (the reference's).
+KERNEL_SIZES = {1: (3,), 2: (4, 3)}
+
+
+def check_kernel_size(stride: int, kernel_size: int | None) -> int:
+    """The kernel size of a skew conv block: ``None`` is the reference's for ``stride``."""
+    allowed = KERNEL_SIZES[stride]
+    if kernel_size is None:
+        return allowed[0]
+    if isinstance(kernel_size, bool) or kernel_size not in allowed:
+        raise ValueError(
+            f"a stride-{stride} skew block takes kernel size "
+            f"{' or '.join(map(str, allowed))}, got {kernel_size!r}"
+        )
+    return int(kernel_size)
+
+
 def _kernel(out_channels: int, in_channels: int, k: int) -> nn.Parameter:
     weight = torch.empty(out_channels, in_channels, k, k)
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # as nn.Conv2d initialises
@@ -85,6 +106,7 @@ class SkewConvField(nn.Module):
         activation: str = "leaky_relu",
         skew: bool = True,
         reference: bool = False,
+        kernel_size: int | None = None,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -92,7 +114,7 @@ class SkewConvField(nn.Module):
         if gamma < 0:
             raise ValueError(f"gamma (damping) must be ≥ 0, got {gamma}")
         self.stride = stride
-        self.kernel_size, self.padding = (3, 1) if stride == 1 else (4, 1)
+        self.kernel_size, self.padding = check_kernel_size(stride, kernel_size), 1
         self.gamma = float(gamma)
         self.skew = skew
         self.activation_name = activation
@@ -167,7 +189,9 @@ class SkewConvField(nn.Module):
         )
 
     def _extra(self, x: torch.Tensor, z: torch.Tensor) -> tuple[int, int]:
-        # output_padding restores odd spatial sizes for stride 2 (it keeps the adjoint exact).
+        # output_padding restores the input's spatial size for stride 2 (odd sizes with 4×4
+        # kernels, even ones with 3×3): the transposed convolution is then exactly the adjoint
+        # of the convolution on x's shape.
         return (
             x.shape[-2] - self._back_size(z.shape[-2]),
             x.shape[-1] - self._back_size(z.shape[-1]),
@@ -207,6 +231,7 @@ class SkewConvODE(ODEBlock):
         z0: str = "channel_copy",
         skew: bool = True,
         reference: bool = False,
+        kernel_size: int | None = None,
         solver: SolverConfig | None = None,
         **solver_options,
     ) -> None:
@@ -224,14 +249,16 @@ class SkewConvODE(ODEBlock):
             activation=activation,
             skew=skew,
             reference=reference,
+            kernel_size=kernel_size,
         )
 
     def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, z(0)), each in the memory layout the field keeps it in during the solve."""
+        shape = self.field.z_shape(x.shape, self.out_channels)
         if self.z0 == "zeros":
-            z = x.new_zeros(self.field.z_shape(x.shape, self.out_channels))
+            z = x.new_zeros(shape)
         else:
-            z = channel_copy(x, self.out_channels, self.stride)
+            z = channel_copy(x, self.out_channels, self.stride, size=shape[-2:])
         _, x_layout, z_layout = self.field.layouts(x.shape, x.device)
         return in_layout(x, x_layout), in_layout(z, z_layout)
 
@@ -248,7 +275,8 @@ class SkewConvODE(ODEBlock):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}→{self.out_channels}, stride={self.stride}, "
-            f"gamma={self.field.gamma}, z0={self.z0}, skew={self.field.skew}, "
+            f"kernel={self.field.kernel_size}, gamma={self.field.gamma}, z0={self.z0}, "
+            f"skew={self.field.skew}, "
             f"{super().extra_repr()}"
         )
 
