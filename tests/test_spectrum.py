@@ -95,3 +95,30 @@ def test_block_stability_of_a_model_reports_every_block_and_image():
     assert summary["max_real_eig_initial"]["max"] < 0
     assert summary["max_real_eig_final"]["max"] < 0
     assert 0 < summary["amplification"]["max"] < 10
+
+
+def test_the_stability_command_measures_a_models_blocks(tmp_path, capsys):
+    import json
+
+    from robustode.cli import main
+
+    source = tmp_path / "faithful.py"
+    source.write_text(
+        "from robustode.models import create_model\n\n\ndef build():\n"
+        "    return create_model('soblock', width=4, in_channels=1, seed=0, norm=None, "
+        "gamma=0.1)\n"
+    )
+    out = tmp_path / "stability"
+    argv = ["stability", "--model", f"{source}:build", "--data", "digits", "--n", "1"]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "| stem |" in printed and "| hold |" in printed
+    report = json.loads((out / "spectrum.json").read_text())
+    (stem,) = report["blocks"]
+    assert stem["max_real_eig_initial"]["max"] < 0  # the theorem's block, measured
+    assert report["meta"]["factory"].endswith("faithful.py:build")
+    # the same folder with another model is refused, as every command's
+    source.write_text(source.read_text().replace("gamma=0.1", "gamma=0.2"))
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("robustode: error:") and "--overwrite" in line, line

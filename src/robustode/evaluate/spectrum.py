@@ -30,6 +30,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -297,11 +298,94 @@ def _amplification(solve: SolveCapture, *, delta: float, directions: int, seed: 
     return worst if math.isfinite(worst) else float("nan")
 
 
+SPECTRUM_FILE = "spectrum.json"
+
+
+def model_stability(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    meta: dict[str, Any] | None = None,
+    krylov: int = 40,
+    delta: float = 1e-3,
+    seed: int = 0,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """:func:`block_stability` of ``model`` at the images ``x`` as a report (per block: the
+    theorem's conditions, the largest real eigenvalue at t = 0 and t = t1, the
+    amplification); with ``out_dir`` written there as ``spectrum.json`` through an
+    :class:`~robustode.outputs.OutputFolder` (a report of another model, data or settings is
+    refused unless ``overwrite``)."""
+    from ..fingerprint import inputs_sha256, model_fingerprint, versions
+
+    fingerprint = {
+        "format": "robustode-spectrum-1",
+        "model": model_fingerprint(model),
+        "data": {"sha256": inputs_sha256(x, torch.zeros(x.shape[0], dtype=torch.long)),
+                 "n": int(x.shape[0])},
+        "settings": {"krylov": krylov, "delta": delta, "seed": seed,
+                     "dense_limit": DENSE_LIMIT},
+        "versions": versions(),
+    }  # fmt: skip
+    announce = progress or (lambda line: None)
+
+    def measure() -> dict[str, Any]:
+        import time
+
+        started = time.perf_counter()
+        announce(f"spectrum of every ODE block's field at {x.shape[0]} image(s) ...")
+        blocks = block_stability(model, x, krylov=krylov, delta=delta, seed=seed)
+        return {
+            "fingerprint": fingerprint,
+            "meta": meta or {},
+            "blocks": [b.summary() for b in blocks],
+            "seconds": time.perf_counter() - started,
+        }
+
+    if out_dir is None:
+        return measure()
+    from ..outputs import OutputFolder
+
+    with OutputFolder(out_dir, "stability", overwrite=overwrite) as folder:
+        folder.refuse_other_settings(SPECTRUM_FILE, fingerprint, what="a spectrum report")
+        report = measure()
+        folder.write_json(SPECTRUM_FILE, report)
+    return report
+
+
+def format_spectrum(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, a row per block."""
+
+    def num(value: Any) -> str:
+        return "–" if value is None else f"{value:.3g}"
+
+    lines = [
+        "| block | solver | theorem's conditions | max Re λ at t=0 | max Re λ at t1 | "
+        "amplification (max) | images |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for b in report["blocks"]:
+        c = b["conditions"]
+        missing = [k.replace("_", " ") for k, ok in c["checks"].items() if not ok]
+        held = "hold" if c["hold"] else "not: " + ", ".join(missing)
+        lines.append(
+            f"| {b['block']} | {b['solver']} | {held} | {num(b['max_real_eig_initial']['max'])} "
+            f"| {num(b['max_real_eig_final']['max'])} | {num(b['amplification']['max'])} "
+            f"| {b['images']} |"
+        )
+    return "\n".join(lines)
+
+
 __all__ = [
+    "SPECTRUM_FILE",
     "BlockStability",
     "block_stability",
     "capture_solves",
     "field_jacobian_operator",
+    "format_spectrum",
     "max_real_eigenvalue",
+    "model_stability",
     "theorem_conditions",
 ]

@@ -49,8 +49,10 @@ def is_factory_spec(text: Any) -> bool:
 def _import_file(path: Path) -> Any:
     if not path.is_file():
         raise ExternalModelError(f"{path} does not exist; --model takes FILE.py:FUNCTION")
-    # a name of its own per file, so two files called model.py do not replace each other
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    # a name of its own per file and content: two files called model.py do not replace each
+    # other, and an edited file is imported afresh rather than served from sys.modules
+    content = read_bytes_limited(path, 64 << 20, what="model file")
+    digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + content).hexdigest()[:12]
     name = f"robustode_user_{path.stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
