@@ -203,3 +203,33 @@ def test_reproduce_smoke_runs_end_to_end_and_prints_the_papers_numbers(table, tm
         )
         assert report["clean_accuracy"] == pytest.approx(ours["clean"])
     assert "smoke scale" in out
+
+
+def test_seeds_are_aggregated_as_mean_and_sample_std():
+    """LAD reports means over 3 seeds: every cell is mean ± std (n − 1) of the seeds' cells,
+    checked against the statistics module."""
+    import statistics
+
+    from robustode.experiments.reproduce import aggregate_seeds, run_name
+
+    per_seed = {
+        "0": {"clean": 0.9, "pgd": 0.40},
+        "1": {"clean": 0.8, "pgd": 0.45},
+        "2": {"clean": 0.7, "pgd": None},
+    }
+    mean, std = aggregate_seeds(per_seed)
+    assert mean["clean"] == pytest.approx(statistics.mean([0.9, 0.8, 0.7]))
+    assert std["clean"] == pytest.approx(statistics.stdev([0.9, 0.8, 0.7]))
+    assert mean["pgd"] is None and std["pgd"] is None  # a missing cell is not averaged away
+    row = PAPER_TABLES["lad-t1"].rows[0]
+    assert run_name(row, 0, (0,)) != run_name(row, 0, (0, 1))  # one seed keeps the old folder
+    assert run_name(row, 1, (0, 1)).endswith("-seed1")
+
+
+def test_bad_seeds_are_one_line(capsys):
+    for bad in ("0,0", "-1", "a,b", ""):
+        with pytest.raises(SystemExit) as exit_:
+            main(["reproduce", "lad-t1", "--seeds", bad])
+        assert exit_.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "distinct integers ≥ 0" in line, (bad, line)

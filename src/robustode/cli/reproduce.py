@@ -9,6 +9,19 @@ from ..errors import InputError
 from .common import add_device_argument, positive_int
 
 
+def _seed_list(text: str) -> list[int]:
+    """A comma list of distinct integers ≥ 0."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct integers ≥ 0 separated by commas, e.g. 0,1,2; got '{text}'"
+        )
+    return values
+
+
 def add(sub) -> None:
     from ..experiments.reproduce import list_tables
 
@@ -30,6 +43,14 @@ def add(sub) -> None:
     p.add_argument("--data-dir", help="dataset folder at full scale (CIFAR-10/100)")
     add_device_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=100, help="attack batch size")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=[0],
+        metavar="S,S,…",
+        help="training seeds of every row, e.g. 0,1,2: each seed's run is kept (ROW-seedS/) "
+        "and every cell is reported as mean ± std over them, as LAD reports (default: 0)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -55,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        seeds=args.seeds,
     )
     print(format_table(result))
     print(f"\nwrote {result.out_dir}/reproduce.md and reproduce.json ({result.seconds:.0f} s)")

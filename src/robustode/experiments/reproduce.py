@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -189,6 +189,9 @@ class RowResult:
     paper: dict[str, float]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # with several training seeds: each seed's cells (ours is their mean) and the std
+    per_seed: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,6 +242,26 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n − 1) of the seeds' cells; None if any is None."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean = sum(values) / len(values)  # type: ignore[arg-type]
+    if len(values) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # type: ignore[operator]
+    return mean, var**0.5
+
+
+def aggregate_seeds(per_seed: dict[str, dict[str, float | None]]) -> tuple[dict, dict]:
+    """(mean, std) per column over the seeds' cells (LAD reports means over 3 seeds)."""
+    keys = sorted({k for cells in per_seed.values() for k in cells})
+    mean, std = {}, {}
+    for key in keys:
+        mean[key], std[key] = _mean_std([cells.get(key) for cells in per_seed.values()])
+    return mean, std
+
+
 def format_table(result: ReproduceResult) -> str:
     """Our numbers next to the paper's: each cell is ``ours (paper)`` in percent."""
     table = result.table
@@ -265,6 +288,9 @@ def format_table(result: ReproduceResult) -> str:
             for c in table.columns:
                 paper = r.paper.get(c.key)
                 ours = _pct(r.ours.get(c.key))
+                spread = r.std.get(c.key) if r.std else None
+                if spread is not None:
+                    ours = f"{ours} ± {100 * spread:.1f}"
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     if table.kind == "steps":
@@ -276,7 +302,15 @@ def format_table(result: ReproduceResult) -> str:
             f"(ε 0.031, step 0.003). Iterations run: {ran}.",
         ]
     else:
-        lines += ["", "Cells: ours (paper), robust or clean accuracy in %."]
+        seeds = max((len(r.per_seed) for r in result.rows), default=0)
+        if seeds > 1:
+            lines += [
+                "",
+                f"Cells: ours as mean ± standard deviation over {seeds} training seeds "
+                "(paper), robust or clean accuracy in %.",
+            ]
+        else:
+            lines += ["", "Cells: ours (paper), robust or clean accuracy in %."]
     lines += [f"- {n}" for n in list(table.notes) + scale_notes(table, result.scale)]
     return "\n".join(lines)
 
@@ -391,11 +425,16 @@ def reproduce(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     stream: TextIO | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> ReproduceResult:
     """Train and evaluate every row of table ``name`` at ``scale``; write
     ``OUT/NAME/reproduce.json`` and ``reproduce.md``; rows already done are reused. A folder
     holding other results, or rows trained with other settings (another scale, say), is
-    refused unless ``overwrite``, which retrains and re-evaluates every row."""
+    refused unless ``overwrite``, which retrains and re-evaluates every row.
+
+    ``seeds``: the training seeds of every row (LAD's protocol: means over 3 seeds); each
+    seed's run is kept (``ROW-seedS/``; one seed 0: ``ROW/`` as before) and every cell is
+    reported as mean ± std over them."""
     from ..outputs import OutputFolder
     from ..train.run_folder import refuse_changed_runs
 
@@ -404,46 +443,81 @@ def reproduce(
         raise InputError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
     chosen = SMOKE if scale == "smoke" else FULL
     log = log or (lambda text: print(text, file=stream or sys.stderr, flush=True))
+    seeds = _check_seeds(seeds)
     folder = Path(out_dir) / table.name
     rows = rows_at(table, chosen)
-    configs = [train_config(table, row, chosen, data_dir=data_dir, device=device) for row in rows]
+    configs = [
+        [
+            train_config(table, row, chosen, data_dir=data_dir, device=device, seed=seed)
+            for seed in seeds
+        ]
+        for row in rows
+    ]
     # before anything is trained: a resume would refuse a row of other settings only when it
     # reached it, without saying how to start over
     claim = OutputFolder(folder, "reproduce", overwrite=overwrite).claim()
     try:
         if not overwrite:
-            slugs = [slug(row.label) for row in rows]
-            refuse_changed_runs(folder, dict(zip(slugs, configs, strict=True)), "rows")
+            runs = {
+                run_name(row, seed, seeds): config
+                for row, row_configs in zip(rows, configs, strict=True)
+                for seed, config in zip(seeds, row_configs, strict=True)
+            }
+            refuse_changed_runs(folder, runs, "rows")
         return _reproduce_rows(
-            claim, table, chosen, rows, configs, batch_size, device, overwrite, log
+            claim, table, chosen, rows, configs, batch_size, device, overwrite, log, seeds
         )
     finally:
         claim.release()
 
 
-def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, overwrite, log):
+def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(seeds)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise InputError(f"seeds must be integers ≥ 0, e.g. 0,1,2; got {list(values)}")
+    if len(set(values)) != len(values):
+        raise InputError(f"seeds must differ, got {list(values)}")
+    return values
+
+
+def run_name(row: Row, seed: int, seeds: Sequence[int]) -> str:
+    """A row's run folder name: ``ROW`` for the single default seed 0, else ``ROW-seedS``."""
+    return slug(row.label) if tuple(seeds) == (0,) else f"{slug(row.label)}-seed{seed}"
+
+
+def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, overwrite, log, seeds):
     from ..train import train
 
     folder = claim.root
     start = time.perf_counter()
     results: list[RowResult] = []
-    for i, (row, config) in enumerate(zip(rows, configs, strict=True), 1):
+    for i, (row, row_configs) in enumerate(zip(rows, configs, strict=True), 1):
         t0 = time.perf_counter()
-        run_dir = folder / slug(row.label)
-        log(f"[{i}/{len(rows)}] {row.label}: training {config.model} ({config.defense})")
-        resume = (run_dir / "config.json").exists() and not overwrite
-        train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
-        log(f"[{i}/{len(rows)}] {row.label}: evaluating")
-        ours, extra = _evaluate_row(table, row, run_dir, chosen, batch_size, device, overwrite)
+        per_seed: dict[str, dict[str, float | None]] = {}
+        extra: dict[str, Any] = {}
+        run_dirs = []
+        for seed, config in zip(seeds, row_configs, strict=True):
+            run_dir = folder / run_name(row, seed, seeds)
+            run_dirs.append(str(run_dir))
+            label = row.label if len(seeds) == 1 else f"{row.label} (seed {seed})"
+            log(f"[{i}/{len(rows)}] {label}: training {config.model} ({config.defense})")
+            resume = (run_dir / "config.json").exists() and not overwrite
+            train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
+            log(f"[{i}/{len(rows)}] {label}: evaluating")
+            ours, extra = _evaluate_row(table, row, run_dir, chosen, batch_size, device, overwrite)
+            per_seed[str(seed)] = ours
+        mean, std = aggregate_seeds(per_seed) if len(seeds) > 1 else (per_seed[str(seeds[0])], {})
         results.append(
             RowResult(
                 row.label,
                 row.group,
-                str(run_dir),
-                ours,
+                run_dirs[0] if len(run_dirs) == 1 else ", ".join(run_dirs),
+                mean,
                 dict(row.paper),
                 time.perf_counter() - t0,
                 extra,
+                per_seed if len(seeds) > 1 else {},
+                std,
             )
         )
     result = ReproduceResult(table, chosen, results, folder, time.perf_counter() - start)
@@ -469,9 +543,11 @@ __all__ = [
     "SMOKE",
     "Column",
     "ReproduceResult",
+    "aggregate_seeds",
     "describe_tables",
     "format_table",
     "get_table",
     "list_tables",
     "reproduce",
+    "run_name",
 ]
