@@ -24,6 +24,7 @@ SOLVER_OPTIONS = (
     "t1",
     "max_num_steps",
     "backend",
+    "step_semantics",
 )
 SKEW_OPTIONS = ("gamma", "z0", "activation", "norm")
 CLASSIFIER_OPTIONS = ("classifier_z0", "activation_placement")

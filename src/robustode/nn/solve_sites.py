@@ -110,6 +110,7 @@ def _solver_of(t: Any, kwargs: dict[str, Any]) -> SolverConfig | None:
             atol=atol,
             step_size=options.get("step_size") if method in _fixed_methods() else None,
             t1=abs(t1) or 1.0,
+            step_semantics=kwargs.get("step_semantics", SolverConfig.step_semantics),
         )
     except (ValueError, TypeError, KeyError):
         return None
@@ -246,6 +247,8 @@ def _with_solver(kwargs: dict[str, Any], solver: SolverConfig) -> dict[str, Any]
         out["step_control"] = solver.step_control
     if solver.detach_step_size is not None:
         out["detach_step_size"] = solver.detach_step_size
+    if solver.step_semantics != SolverConfig.step_semantics:
+        out["step_semantics"] = solver.step_semantics
     return out
 
 

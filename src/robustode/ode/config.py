@@ -15,6 +15,7 @@ import torch
 from .adjoint import odeint_adjoint
 from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
 from .record import StepRecord
+from .semantics2019 import DEFAULT_SEMANTICS, LEGACY_SEMANTICS, check_step_semantics
 from .tableau import ADAPTIVE_METHODS, FIXED_METHODS
 
 
@@ -36,6 +37,7 @@ class SolverConfig:
     t1: float = 1.0
     max_num_steps: int = 10_000
     backend: str = "native"
+    step_semantics: str = DEFAULT_SEMANTICS
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +67,23 @@ class SolverConfig:
             raise ValueError(f"max_num_steps must be ≥ 1, got {self.max_num_steps!r}")
         if self.detach_step_size not in (None, True, False):
             raise ValueError("detach_step_size must be None, True or False")
+        check_step_semantics(self.step_semantics, self.method)
+        if self.step_semantics == LEGACY_SEMANTICS and self.adaptive:
+            clashes = [
+                name
+                for name, present in (
+                    ("adjoint=True", self.adjoint),
+                    ("backend='torchdiffeq'", self.backend != "native"),
+                    ("step_control='per_sample'", self.step_control != "batch"),
+                )
+                if present
+            ]
+            if clashes:
+                raise ValueError(
+                    f"step_semantics='{LEGACY_SEMANTICS}' cannot be combined with "
+                    f"{', '.join(clashes)}: it reproduces that torchdiffeq's batch-shared "
+                    "backprop solve natively"
+                )
         # Options a solve would silently ignore are refused instead.
         if self.adaptive and self.step_size is not None:
             raise ValueError(
@@ -113,7 +132,11 @@ class SolverConfig:
 
     def describe(self) -> str:
         if self.adaptive:
-            return f"{self.method} (rtol={self.rtol:g}, atol={self.atol:g}, {self.step_control})"
+            legacy = ", torchdiffeq-2019 steps" if self.step_semantics == LEGACY_SEMANTICS else ""
+            return (
+                f"{self.method} (rtol={self.rtol:g}, atol={self.atol:g}, {self.step_control}"
+                f"{legacy})"
+            )
         step = "one step" if self.step_size is None else f"step {self.step_size:g}"
         return f"{self.method} ({step})"
 
@@ -134,6 +157,8 @@ class SolverConfig:
         )
         if self.backend == "native":
             kwargs.update(step_control=self.step_control, detach_step_size=self.detach_step_size)
+        if self.step_semantics != DEFAULT_SEMANTICS:
+            kwargs.update(step_semantics=self.step_semantics)
         solve = odeint_adjoint if self.adjoint else odeint
         out = solve(func, y0, t, **kwargs)
         return tuple(_last(o) for o in out) if isinstance(out, tuple) else _last(out)

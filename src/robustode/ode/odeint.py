@@ -13,6 +13,9 @@ bound). On top of that, per call:
   differentiable), True (none is) or False (all are);
 * ``record=StepRecord()`` — accepted/rejected (t, dt) and forward/backward NFE;
 * ``backend="torchdiffeq"`` — run torchdiffeq itself, for reference;
+* ``step_semantics="torchdiffeq-2019"`` — the adaptive solvers as torchdiffeq had
+  them before its 0.1.0 rewrite (every step size differentiable, error norm per
+  state tensor; :mod:`.semantics2019`);
 * ``options={"max_num_steps": n}`` — a step budget that raises
   :class:`SolverError` naming method, tolerances and time reached.
 """
@@ -43,6 +46,13 @@ from .options import (
     tolerances,
 )
 from .record import StepRecord
+from .semantics2019 import (
+    DEFAULT_SEMANTICS,
+    LEGACY_SEMANTICS,
+    STEP_SEMANTICS,
+    check_step_semantics,
+    integrate_2019,
+)
 from .state import State
 from .tableau import ADAMS_METHODS, ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS
 
@@ -343,6 +353,7 @@ def odeint(
     detach_step_size: bool | None = None,
     record: StepRecord | None = None,
     backend: str = "native",
+    step_semantics: str = DEFAULT_SEMANTICS,
 ):
     """Solve dy/dt = func(t, y), y(t[0]) = y0, returning y at every time in ``t``.
 
@@ -364,6 +375,9 @@ def odeint(
         record=record,
         backend=backend,
     )
+    check_step_semantics(step_semantics, common["method"])
+    if step_semantics == LEGACY_SEMANTICS and common["method"] in ADAPTIVE_METHODS:
+        return _odeint_2019(func, state, is_tuple, t, event_fn, backend, common)
     if backend == "torchdiffeq":
         from .reference import torchdiffeq_odeint
 
@@ -372,6 +386,38 @@ def odeint(
     if event_fn is not None:
         event_t, out = out
         return event_t, (out if is_tuple else out[0])
+    return out if is_tuple else out[0]
+
+
+def _odeint_2019(func, state, is_tuple, t, event_fn, backend, common):
+    """An adaptive solve with torchdiffeq's pre-0.1.0 semantics (:mod:`.semantics2019`)."""
+    unsupported = [
+        name
+        for name, present in (
+            ("event_fn", event_fn is not None),
+            ("backend='torchdiffeq'", backend != "native"),
+            ("step_control='per_sample'", common["step_control"] != "batch"),
+        )
+        if present
+    ]
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} cannot be combined with step_semantics="
+            f"'{LEGACY_SEMANTICS}': that torchdiffeq had one batch-shared step control and no "
+            "events, and robustode reproduces it natively"
+        )
+    out = integrate_2019(
+        func,
+        state,
+        is_tuple,
+        t,
+        rtol=common["rtol"],
+        atol=common["atol"],
+        method=common["method"],
+        options=common["options"],
+        record=common["record"],
+        detach_step_size=common["detach_step_size"],
+    )
     return out if is_tuple else out[0]
 
 
@@ -417,4 +463,4 @@ def prepare_call(
     return state, is_tuple, _check_time(t), common
 
 
-__all__ = ["DEFAULT_MAX_NUM_STEPS", "FIXED_METHODS", "METHODS", "odeint"]
+__all__ = ["DEFAULT_MAX_NUM_STEPS", "FIXED_METHODS", "METHODS", "STEP_SEMANTICS", "odeint"]
