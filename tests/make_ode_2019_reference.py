@@ -8,7 +8,7 @@ That code cannot be a dependency, so it is run once, outside the repository:
     git --git-dir=<torchdiffeq mirror> archive f9539b7 torchdiffeq | tar -x -C /tmp/tdq_f9539b7
     PYTHONPATH=src:. python tests/make_ode_2019_reference.py /tmp/tdq_f9539b7
 
-(it ran unmodified on torch 2.13, float64, one thread). For each case: the
+(it ran unmodified on torch 2.13, one thread; float64 cases, and float32 ones). For each case: the
 outputs at every time, the accepted and rejected (t0, dt) of every attempted
 step (logged by wrapping the solver's step method), the number of function
 evaluations, and the gradients of Σ y·sin(y) over all outputs with respect to
@@ -87,6 +87,24 @@ CASES = [
         "options": {"first_step": 0.9},
     },
     {"kind": "conv", "method": "adaptive_heun", "t": [0.0, 1.0], "rtol": 0.1, "atol": 0.1},
+    # float32, as models train: the solver's arithmetic in the state's dtype
+    *(
+        {
+            "kind": kind,
+            "method": method,
+            "t": [0.0, 1.0],
+            "rtol": tol,
+            "atol": tol,
+            "dtype": "float32",
+        }
+        for kind, method, tol in (
+            ("mlp", "dopri5", 0.1),
+            ("conv", "dopri5", 0.1),
+            ("conv", "bosh3", 1e-3),
+            ("conv", "adaptive_heun", 0.1),
+            ("mlp", "bosh3", 1e-6),
+        )
+    ),
 ]
 
 # method -> (module of torchdiffeq._impl, solver class, its one-step method)
@@ -106,7 +124,7 @@ def loss(outputs) -> torch.Tensor:
 
 
 def run_case(torchdiffeq, case: dict, steps: list) -> dict:
-    f, y0 = make_field(case["kind"], torch.float64)
+    f, y0 = make_field(case["kind"], getattr(torch, case.get("dtype", "float64")))
     y0 = tuple(v.requires_grad_() for v in y0) if isinstance(y0, tuple) else y0.requires_grad_()
     nfe = [0]
 
@@ -115,7 +133,7 @@ def run_case(torchdiffeq, case: dict, steps: list) -> dict:
         return f(t, y)
 
     steps.clear()
-    t = torch.tensor(case["t"], dtype=torch.float64)
+    t = torch.tensor(case["t"], dtype=torch.float64)  # torchdiffeq took t as float64 anyway
     out = torchdiffeq.odeint(
         counted,
         y0,

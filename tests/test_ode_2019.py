@@ -24,7 +24,10 @@ from tests.fields import make_field
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "ode_2019_reference.json").read_text())
 CASES = REFERENCE["results"]
-TOL = 1e-10  # float64: agreement to ~1e-10 of the quantity's scale
+# agreement relative to the quantity's scale: outputs and step grids are in fact equal to
+# the bit in both dtypes; gradients accumulate in another order (measured ≤ 4.6e-15 in
+# float64, ≤ 2e-7 in float32)
+TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 def _as_tuple(v):
@@ -36,7 +39,7 @@ def _loss(outputs) -> torch.Tensor:
 
 
 def _solve(case: dict, **kwargs):
-    f, y0 = make_field(case["kind"], torch.float64)
+    f, y0 = make_field(case["kind"], getattr(torch, case.get("dtype", "float64")))
     y0 = tuple(v.requires_grad_() for v in y0) if isinstance(y0, tuple) else y0.requires_grad_()
     record = StepRecord()
     out = odeint(
@@ -74,6 +77,7 @@ def test_2019_semantics_match_pre_rewrite_torchdiffeq(ref):
     """Outputs, every attempted step (t0, dt, accepted), NFE and the gradients with
     respect to y0 and the parameters equal the stored pre-rewrite torchdiffeq results."""
     out, record, grads, n_y = _solve(ref["case"], step_semantics="torchdiffeq-2019")
+    tol = TOL[ref["case"].get("dtype", "float64")]
     assert record.nfe_forward == ref["nfe"]
     acc, rej = record.accepted_steps(), record.rejected_steps()
     assert len(acc) == len(ref["accepted"]) and len(rej) == len(ref["rejected"])
@@ -82,13 +86,13 @@ def test_2019_semantics_match_pre_rewrite_torchdiffeq(ref):
     for ours, theirs in ((acc, ref["accepted"]), (rej, ref["rejected"])):
         if theirs:
             theirs = [v for t0, dt in theirs for v in (sign * t0, dt)]
-            assert _close(torch.tensor(ours, dtype=torch.float64), theirs) < TOL
+            assert _close(torch.tensor(ours, dtype=torch.float64), theirs) < 1e-12
     for o, r in zip(_as_tuple(out), ref["outputs"], strict=True):
-        assert _close(o, r) < TOL
+        assert _close(o.double(), r) < tol
     for g, r in zip(grads[:n_y], ref["grad_y0"], strict=True):
-        assert _close(g, r) < TOL
+        assert _close(g.double(), r) < tol
     for g, r in zip(grads[n_y:], ref["grad_params"], strict=True):
-        assert _close(g, r) < TOL
+        assert _close(g.double(), r) < tol
 
 
 def test_reference_covers_rejections_tuples_and_every_method():
@@ -100,6 +104,7 @@ def test_reference_covers_rejections_tuples_and_every_method():
     assert any(isinstance(r["case"]["rtol"], list) for r in CASES)
     assert any(len(r["case"]["t"]) > 2 for r in CASES)
     assert any(r["case"]["t"][0] > r["case"]["t"][-1] for r in CASES)
+    assert any(r["case"].get("dtype") == "float32" for r in CASES)
 
 
 def test_today_semantics_differ_on_the_same_cases():
