@@ -214,3 +214,19 @@ def test_solver_config_and_models_reach_every_block():
     for a, b in zip(direct, via, strict=True):
         assert torch.equal(a[-1], b)
     assert "torchdiffeq-2019" in cfg.describe()
+
+
+def test_solver_substitutes_of_a_2019_block():
+    """The solver-substitution attack's substitutes exist for a 2019-semantics block:
+    detached keeps the 2019 steps with detached sizes, per-sample falls back to today's
+    semantics (the only ones with per-sample control)."""
+    from robustode.attacks.adaptive import substitute_solver
+
+    deployed = SolverConfig(step_semantics="torchdiffeq-2019")
+    detached = substitute_solver(deployed, "detached")
+    assert detached.step_semantics == "torchdiffeq-2019" and detached.detach_step_size is True
+    per_sample = substitute_solver(deployed, "per_sample")
+    assert per_sample.step_control == "per_sample"
+    assert per_sample.step_semantics == "torchdiffeq-0.2.5"
+    assert substitute_solver(deployed, "fixed").method == "rk4"
+    assert substitute_solver(deployed, "tight").rtol == deployed.rtol / 100

@@ -20,7 +20,8 @@ Substitutes (``SUBSTITUTES``):
   a block deployed with a fixed-step solver keeps it (its gradient is exact);
 - ``tight``: the deployed method at a tolerance ``tighten`` times smaller;
 - ``per_sample``: the deployed method with per-sample step control, so no
-  image's steps depend on its batch-mates;
+  image's steps depend on its batch-mates (in today's step semantics: a block
+  deployed with ``step_semantics="torchdiffeq-2019"`` has no per-sample form);
 - ``detached``: the deployed method with the step-size choice detached from
   the graph (torchdiffeq differentiates through the first step's choice).
 
@@ -92,7 +93,10 @@ def substitute_solver(
     if kind == "tight":
         return solver.replace(rtol=solver.rtol / tighten, atol=solver.atol / tighten)
     if kind == "per_sample":
-        return solver.replace(step_control="per_sample", backend="native")
+        # per-sample control exists in today's step semantics only (not the 2019 ones)
+        return solver.replace(
+            step_control="per_sample", backend="native", step_semantics="torchdiffeq-0.2.5"
+        )
     return solver.replace(detach_step_size=True, backend="native")  # "detached"
 
 
