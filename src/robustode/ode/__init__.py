@@ -8,7 +8,7 @@ from .config import SolverConfig
 from .dense import odeint_dense
 from .errors import SolverError
 from .events import odeint_event
-from .odeint import BACKENDS, METHODS, STEP_CONTROLS, odeint
+from .odeint import BACKENDS, METHODS, STEP_CONTROLS, STEP_SEMANTICS, odeint
 from .record import StepRecord
 from .tableau import ADAMS_METHODS, ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS, ButcherTableau
 
@@ -19,6 +19,7 @@ __all__ = [
     "FIXED_METHODS",
     "METHODS",
     "STEP_CONTROLS",
+    "STEP_SEMANTICS",
     "TABLEAUS",
     "ButcherTableau",
     "SolverConfig",
