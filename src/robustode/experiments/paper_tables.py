@@ -578,7 +578,7 @@ def _lad_f2() -> PaperTable:
             "five rows are not in the paper.",
             "The ratio is measured after each epoch on the first batch of training images in "
             "eval mode, with the batch-mean loss: its denominator carries a factor 1/B, so the "
-            "ratio grows in proportion to the batch size B (the paper's B is 128).",
+            "ratio grows roughly in proportion to the batch size B (the paper's B is 128).",
         ),
     )
 
