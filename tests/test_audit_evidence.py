@@ -1,0 +1,177 @@
+"""The audit's verdicts rest on evidence (issue 20): exact decisions on integer counts, the exact
+paired McNemar test against scipy, honest straight-through / BPDA models not called masked,
+genuinely masked ones still masked, and no pass on nothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustode.evaluate.audit import audit
+from robustode.evaluate.audit_checks import (
+    MARGIN_FLOOR,
+    clopper_pearson,
+    compare,
+    mcnemar_exact,
+    paired_test,
+    rate_at_most,
+    rate_exceeds,
+)
+
+from .audit_zoo import (
+    BPDAMedian,
+    Saturated,
+    ShuffledGradient,
+    StraightThroughQuantiser,
+    digits_cnn,
+    digits_test,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+# ------------------------------------------------------------------ exact decisions
+def test_rates_against_thresholds_decide_on_counts():
+    # the float32 trap the old checks fell into: 5/100 as a float32 mean exceeds 5 %
+    assert torch.tensor([1.0] * 5 + [0.0] * 95).mean().item() > 0.05
+    assert rate_at_most(5, 100, 0.05) and not rate_exceeds(5, 100, 0.05)
+    assert rate_exceeds(6, 100, 0.05)
+    # every count for every n up to 200 against the integer oracle count·20 ≤ n
+    for n in range(1, 201):
+        for count in range(n + 1):
+            assert rate_at_most(count, n, 0.05) == (count * 20 <= n), (count, n)
+    with pytest.raises(ValueError):
+        rate_exceeds(3, 2, 0.05)
+
+
+def _pair(n: int, robust_ref: int, broken_by_attack_only: int) -> tuple[torch.Tensor, ...]:
+    reference = torch.zeros(n, dtype=torch.bool)
+    reference[:robust_ref] = True
+    attack = reference.clone()
+    attack[:broken_by_attack_only] = False
+    return attack, reference
+
+
+def test_a_drop_equal_to_the_margin_does_not_count():
+    # n = 400: 6 points broken by the attack alone is a drop of exactly 1.5 % (the floor) with
+    # p = 1/64 < 0.05; it must not count, for any number of reference-robust points (float32
+    # accuracies made it count for some), while 7 points always counts
+    assert MARGIN_FLOOR == 0.015
+    for robust_ref in range(7, 401):
+        equal = compare(*_pair(400, robust_ref, 6))
+        assert equal["only_attack"] == 6 and equal["p_value"] == pytest.approx(1 / 64)
+        assert not equal["significant"], robust_ref
+        assert compare(*_pair(400, robust_ref, 7))["significant"], robust_ref
+
+
+def test_mcnemar_exact_matches_scipy_binomtest_and_hand_values():
+    assert mcnemar_exact(9, 0) == 1 / 512  # all 9 discordant points one way: 2^-9
+    assert mcnemar_exact(7, 2) == (36 + 9 + 1) / 512  # P(X ≥ 7), X ~ Bin(9, 1/2), by hand
+    assert mcnemar_exact(0, 0) == 1.0
+    for a in range(0, 30):
+        for b in range(0, 30):
+            if a + b == 0:
+                continue
+            ref = scipy_stats.binomtest(a, a + b, 0.5, alternative="greater").pvalue
+            assert mcnemar_exact(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-15), (a, b)
+    # the level: 5 of 5 discordant points is significant at 5 % (1/32), 4 of 4 is not (1/16)
+    assert paired_test(5, 0, 100)["significant"] and not paired_test(4, 0, 100)["significant"]
+
+
+def test_clopper_pearson_closed_forms_and_scipy():
+    n = 40
+    # k = 0 and k = n have closed forms: 1 − α^(1/n) and α^(1/n) (one-sided α = 0.05)
+    assert clopper_pearson(0, n) == (0.0, pytest.approx(1 - 0.05 ** (1 / n)))
+    assert clopper_pearson(n, n) == (pytest.approx(0.05 ** (1 / n)), 1.0)
+    for k in (1, 7, 20, 39):
+        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.90, method="exact")
+        assert clopper_pearson(k, n) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # the difference's interval holds the observed drop and is degenerate without discordance
+    lo, hi = paired_test(9, 2, 100)["drop_ci"]
+    assert lo < 0.07 < hi
+    assert paired_test(0, 0, 100)["drop_ci"] == (0.0, 0.0)
+
+
+def test_compare_reports_the_counts():
+    reference = torch.tensor([1, 1, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    attack = torch.tensor([0, 0, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    c = compare(attack, reference)
+    assert (c["n"], c["both_broken"], c["only_attack"], c["only_reference"]) == (8, 2, 2, 1)
+    assert c["drop"] == pytest.approx(1 / 8) and c["p_value"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ no pass on nothing
+def test_loss_converged_is_not_applicable_on_no_points_and_few_points_warn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(12, 1, 8, 8)
+    wrong = (model(x).argmax(1) + 1) % 10  # no point is clean-correct
+    report = audit(model, x, wrong, eps=0.05, level="quick")
+    loss = report.check("loss_converged")
+    assert loss.status == "skipped" and "not applicable" in loss.message
+    assert report.info["clean_correct"] == 0
+    assert any("only 0 of 12 points are clean-correct" in w for w in report.warnings)
+    assert "warning: only 0 of 12" in report.verdict_line()
+    assert report.to_dict()["warnings"] == report.warnings
+
+
+# ------------------------------------------------------------------ honest and masked models
+@pytest.fixture(scope="module")
+def digits_net():
+    """The naturally trained digits CNN (seed 0) and the first 100 test digits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = digits_cnn(0)
+    finally:
+        torch.set_num_threads(threads)
+    x, y = digits_test(100)
+    return net, x, y
+
+
+def _pgd20(model: nn.Module, x, y, eps: float) -> int:
+    from robustode.attacks import PGD
+
+    attack = PGD("linf", eps, steps=20, step_size=2.5 * eps / 20, random_start=False)
+    return int(attack.run(model, x, y).robust.sum())
+
+
+@pytest.mark.parametrize(
+    ("construction", "eps"),
+    [(StraightThroughQuantiser, 0.1), (BPDAMedian, 0.2)],
+    ids=["straight-through-3bit", "bpda-median3x3"],
+)
+def test_honest_surrogate_gradient_models_are_not_masked(digits_net, construction, eps):
+    net, x, y = digits_net
+    model = construction(net)
+    report = audit(model, x, y, eps=eps, level="quick", seed=0)
+    print("\n" + report.table() + "\n" + report.verdict_line())
+    # MEASURED
+    assert report.verdict != "masked", report.verdict_line()
+    # the construction trips the diagnostic that used to decide alone (finite differences
+    # cross quantisation bins / median switches; the surrogate is never the true gradient)
+    assert report.check("finite_differences").failed
+    # and it is honest: no gradient-free or transfer attack beats the white-box number
+    for name in ("black_box_square", "black_box_spsa"):
+        assert not report.check(name).failed
+    assert report.check("unbounded_attack").evidence["survivors"] == 0
+
+
+@pytest.mark.parametrize(
+    "construction", [Saturated, ShuffledGradient], ids=["saturated-logits", "shuffled-gradient"]
+)
+def test_genuinely_masked_models_stay_masked(digits_net, construction):
+    net, x, y = digits_net
+    report = audit(construction(net), x, y, eps=0.1, level="quick", seed=0)
+    print("\n" + report.table() + "\n" + report.verdict_line())
+    assert report.verdict == "masked"
+    # masked on evidence: a gradient-free attack beats the white-box number significantly
+    square = report.check("black_box_square")
+    assert square.failed and square.evidence["p_value"] <= 0.05
+    assert square.evidence["only_attack"] > square.evidence["only_reference"]
+    assert not math.isnan(square.evidence["drop_ci"][0])
