@@ -4,8 +4,6 @@ genuinely masked ones still masked, and no pass on nothing."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -151,27 +149,53 @@ def test_honest_surrogate_gradient_models_are_not_masked(digits_net, constructio
     model = construction(net)
     report = audit(model, x, y, eps=eps, level="quick", seed=0)
     print("\n" + report.table() + "\n" + report.verdict_line())
-    # MEASURED
+    # Measured over training seeds 0–2 × 1 and 2 threads (2026-11-29, quick level, 100 test
+    # digits): straight-through 3-bit at ε 0.1 "suspicious" (finite_differences only) in all,
+    # median cosine 0.000–0.169 (threshold 0.5), strongest white-box 37–47 %, Square p = 1.0,
+    # no unbounded survivor; PGD-20 40–49 points vs Square-2000 41–48 (no attack does
+    # better). BPDA median at ε 0.2: finite-difference cosine 0.374 (seed 0: "suspicious";
+    # the old rule said "masked"), 0.547 and 0.505 (seeds 1, 2: "no masking detected"),
+    # strongest white-box 0–2 %, Square p ≥ 0.5, no unbounded survivor. (At ε 0.1 on 8×8
+    # digits Square does beat BPDA-PGD by 10–20 points: there the median filter IS masked
+    # and the audit says so.)
     assert report.verdict != "masked", report.verdict_line()
-    # the construction trips the diagnostic that used to decide alone (finite differences
-    # cross quantisation bins / median switches; the surrogate is never the true gradient)
-    assert report.check("finite_differences").failed
-    # and it is honest: no gradient-free or transfer attack beats the white-box number
+    fd = report.check("finite_differences")
+    if construction is StraightThroughQuantiser:
+        # the diagnostic that used to decide alone fails: finite differences with h = 1e-3
+        # rarely cross a 3-bit bin, so they mostly see a zero derivative
+        assert fd.failed
+    # and the model is honest: no gradient-free attack beats the white-box number
     for name in ("black_box_square", "black_box_spsa"):
         assert not report.check(name).failed
     assert report.check("unbounded_attack").evidence["survivors"] == 0
 
 
 @pytest.mark.parametrize(
-    "construction", [Saturated, ShuffledGradient], ids=["saturated-logits", "shuffled-gradient"]
+    ("construction", "proof"),
+    [(Saturated, "unbounded_attack"), (ShuffledGradient, "black_box_square")],
+    ids=["saturated-logits", "shuffled-gradient"],
 )
-def test_genuinely_masked_models_stay_masked(digits_net, construction):
+def test_genuinely_masked_models_stay_masked(digits_net, construction, proof):
+    # Measured over training seeds 0–2 × 1 and 2 threads: "masked" in all. Saturated:
+    # 43–49 unbounded survivors, eps_growth 43–49 % at the largest ε, margin PGD/APGD-T
+    # 57–68 % against CE PGD-100 ≈ 98 %. Shuffled gradient: Square 58–70 % against the
+    # strongest white-box 94–95 %, p ≤ 3e-8; also unbounded survivors 12–18.
     net, x, y = digits_net
     report = audit(construction(net), x, y, eps=0.1, level="quick", seed=0)
     print("\n" + report.table() + "\n" + report.verdict_line())
     assert report.verdict == "masked"
-    # masked on evidence: a gradient-free attack beats the white-box number significantly
-    square = report.check("black_box_square")
-    assert square.failed and square.evidence["p_value"] <= 0.05
-    assert square.evidence["only_attack"] > square.evidence["only_reference"]
-    assert not math.isnan(square.evidence["drop_ci"][0])
+    # masked on evidence, not on a diagnostic
+    evidence = report.check(proof)
+    assert evidence.failed and evidence.severity == "masked"
+    if proof == "unbounded_attack":
+        # CE through logits × 1e4 has no gradient: PGD over the whole box leaves points
+        assert evidence.evidence["survivors"] > 0
+        # and the margin loss, which does not saturate, beats the CE number (reported)
+        margin = report.check("margin_targeted")
+        assert margin.failed and margin.evidence["p_value"] <= 0.05
+    else:
+        # a gradient-free attack beats the strongest white-box number significantly
+        assert evidence.evidence["p_value"] <= 0.05
+        assert evidence.evidence["only_attack"] > evidence.evidence["only_reference"]
+        lo, hi = evidence.evidence["drop_ci"]
+        assert 0 < lo <= hi

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import FGSM, PGD, SPSA, AttackError, Square
+from ..attacks import APGDT, FGSM, PGD, SPSA, AttackError, CWMarginPGD, Square
 from ..attacks.adaptive import (
     SolverSubstitution,
     ode_blocks,
@@ -70,6 +70,7 @@ class AuditLevel:
     pgd_steps: int  # K of the convergence run (no random start, step ε/10)
     restarts: int  # R random-start PGD runs compared with the first alone
     restart_steps: int
+    apgd_targets: int  # APGD-T's target classes (restart_steps iterations each)
     growth_steps: int  # PGD steps at each ε of the ε-growth curve
     unbounded_steps: int  # PGD steps of the ε = 1 attack
     square_queries: int
@@ -86,19 +87,19 @@ class AuditLevel:
 
 LEVELS: dict[str, AuditLevel] = {
     "quick": AuditLevel(
-        n=100, pgd_steps=100, restarts=3, restart_steps=20, growth_steps=10,
+        n=100, pgd_steps=100, restarts=3, restart_steps=20, apgd_targets=3, growth_steps=10,
         unbounded_steps=50, square_queries=200, spsa_iterations=10, spsa_samples=16,
         substitutes=("fixed", "per_sample"), substitute_steps=20, transfer_steps=20,
         fd_points=16, fd_directions=8, batch_points=8, noise_draws=2,
     ),
     "standard": AuditLevel(
-        n=500, pgd_steps=200, restarts=5, restart_steps=50, growth_steps=20,
+        n=500, pgd_steps=200, restarts=5, restart_steps=50, apgd_targets=9, growth_steps=20,
         unbounded_steps=100, square_queries=1000, spsa_iterations=20, spsa_samples=32,
         substitutes=("fixed", "per_sample"), substitute_steps=50, transfer_steps=50,
         fd_points=32, fd_directions=16, batch_points=16, noise_draws=4,
     ),
     "thorough": AuditLevel(
-        n=1000, pgd_steps=1000, restarts=10, restart_steps=100, growth_steps=50,
+        n=1000, pgd_steps=1000, restarts=10, restart_steps=100, apgd_targets=9, growth_steps=50,
         unbounded_steps=200, square_queries=5000, spsa_iterations=50, spsa_samples=64,
         substitutes=("fixed", "per_sample", "tight"), substitute_steps=200, transfer_steps=100,
         fd_points=64, fd_directions=32, batch_points=32, noise_draws=8,
@@ -376,6 +377,44 @@ class _Audit:
             one_restart=c["reference"],
             restarts=R,
             all_restarts=c["accuracy"],
+            **pair_evidence(c),
+            margin=c["margin"],
+        )
+
+    def margin_targeted(self) -> CheckResult:
+        """Margin-loss PGD and APGD-T (targeted DLR) join the white-box set, so the number the
+        black-box, transfer and substitution checks defend is the strongest gradient number;
+        the check compares them with the CE PGD-K number."""
+        steps, K = self.cfg.restart_steps, self.cfg.pgd_steps
+        self.progress(f"margin PGD-{steps} and APGD-T ({steps} steps)")
+        margin = CWMarginPGD(
+            "linf", self.eps, steps=steps, step_size=2.5 * self.eps / steps,
+            random_start=True, seed=self.seed + 7000,
+        )  # fmt: skip
+        robust = self.run(margin).robust
+        self.white_box[f"cw-pgd{steps}"] = robust
+        classes = int(ac.batched_logits(self.model, self.x[:1], self.batch_size).shape[1])
+        targets = min(self.cfg.apgd_targets, classes - 1)
+        evidence: dict[str, Any] = {"margin_pgd": int(robust.sum()) / robust.numel()}
+        if classes >= 4:  # APGD-T's DLR loss needs the 3 largest other logits
+            apgd = self.run(APGDT("linf", self.eps, steps=steps, targets=targets,
+                                  seed=self.seed + 8000)).robust  # fmt: skip
+            self.white_box[f"apgd-t{steps}x{targets}"] = apgd
+            evidence["apgd_t"] = int(apgd.sum()) / apgd.numel()
+            robust = robust & apgd
+        c = compare(robust, self.pgd.robust)  # type: ignore[union-attr]
+        return outcome(
+            c["significant"],
+            "margin_targeted",
+            "attacks",
+            "suspicious",
+            f"margin PGD-{steps}"
+            + (f" and APGD-T ({targets} targets)" if "apgd_t" in evidence else "")
+            + f" together {c['accuracy']:.1%} vs CE PGD-{K} {c['reference']:.1%} (fail if "
+            f"significantly lower — report the strongest white-box number: {pair_words(c)})",
+            **evidence,
+            pgd=c["reference"],
+            together=c["accuracy"],
             **pair_evidence(c),
             margin=c["margin"],
         )
@@ -726,6 +765,7 @@ def _audit(
         ("iterative_vs_single_step", "attacks", "masked", a.iterative_vs_single),
         ("convergence_iterations", "attacks", "suspicious", a.convergence_iterations),
         ("convergence_restarts", "attacks", "suspicious", a.convergence_restarts),
+        ("margin_targeted", "attacks", "suspicious", a.margin_targeted),
         ("loss_converged", "gradients", "suspicious", a.loss_converged),
         ("unreturned_adversarials", "gradients", "suspicious", a.unreturned),
         ("solver_substitution", "ode", "masked", a.solver_substitution),
@@ -794,6 +834,7 @@ CHECK_ORDER = (
     "iterative_vs_single_step",
     "convergence_iterations",
     "convergence_restarts",
+    "margin_targeted",
     "eps_growth",
     "unbounded_attack",
     "black_box_square",
