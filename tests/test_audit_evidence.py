@@ -4,6 +4,8 @@ genuinely masked ones still masked, and no pass on nothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from torch import nn
 from robustode.evaluate.audit import audit
 from robustode.evaluate.audit_checks import (
     MARGIN_FLOOR,
+    check_batch_composition,
     clopper_pearson,
     compare,
     mcnemar_exact,
@@ -104,12 +107,23 @@ def test_compare_reports_the_counts():
 
 
 # ------------------------------------------------------------------ no pass on nothing
-def test_loss_converged_is_not_applicable_on_no_points_and_few_points_warn():
+@pytest.fixture(scope="module")
+def nothing_correct():
+    """A linear model audited on 12 points none of which it classifies correctly."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     x = torch.rand(12, 1, 8, 8)
-    wrong = (model(x).argmax(1) + 1) % 10  # no point is clean-correct
-    report = audit(model, x, wrong, eps=0.05, level="quick")
+    wrong = (model(x).argmax(1) + 1) % 10
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return audit(model, x, wrong, eps=0.05, level="quick")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_loss_converged_is_not_applicable_on_no_points_and_few_points_warn(nothing_correct):
+    report = nothing_correct
     loss = report.check("loss_converged")
     assert loss.status == "skipped" and "not applicable" in loss.message
     assert report.info["clean_correct"] == 0
@@ -199,3 +213,27 @@ def test_genuinely_masked_models_stay_masked(digits_net, construction, proof):
         assert evidence.evidence["only_attack"] > evidence.evidence["only_reference"]
         lo, hi = evidence.evidence["drop_ci"]
         assert 0 < lo <= hi
+
+
+def test_batch_composition_says_when_it_sees_no_step_grids():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(4, 1, 8, 8)
+    result = check_batch_composition(model, x, model(x).argmax(1), torch.rand(4, 1, 8, 8))
+    assert result.evidence["step_grid_changes"] is None
+    assert "no step grids seen" in result.message and "of 4 step grids" not in result.message
+
+
+def test_the_rule_table_in_the_docs_is_the_code(nothing_correct):
+    """docs/audit.md's rule table gives each check the severity the audit assigns it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "audit.md").read_text()
+    table = text[text.index("### The rule") : text.index("## Exact statistics")]
+    documented = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = cells[4]
+    assert set(documented) == {c.name for c in nothing_correct.checks}
+    for check in nothing_correct.checks:
+        expected = "—" if check.name == "noise_stability" else check.severity
+        assert documented[check.name] == expected, check.name

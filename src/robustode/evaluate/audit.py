@@ -70,7 +70,6 @@ class AuditLevel:
     pgd_steps: int  # K of the convergence run (no random start, step ε/10)
     restarts: int  # R random-start PGD runs compared with the first alone
     restart_steps: int
-    apgd_targets: int  # APGD-T's target classes (restart_steps iterations each)
     growth_steps: int  # PGD steps at each ε of the ε-growth curve
     unbounded_steps: int  # PGD steps of the ε = 1 attack
     square_queries: int
@@ -83,6 +82,8 @@ class AuditLevel:
     fd_directions: int
     batch_points: int
     noise_draws: int
+    # last, with a default, so levels built by position before it existed still work
+    apgd_targets: int = 9  # APGD-T's target classes (restart_steps iterations each)
 
 
 LEVELS: dict[str, AuditLevel] = {
