@@ -525,7 +525,8 @@ class _Audit:
         check = self.batch_check
         if check is None or check.status == "skip":
             return False
-        return check.failed or check.evidence.get("step_grid_changes", 0) > 0
+        # None: the model's solves left no step grids to compare
+        return check.failed or (check.evidence.get("step_grid_changes") or 0) > 0
 
     def transfer(self) -> CheckResult:
         steps = self.cfg.transfer_steps
