@@ -51,7 +51,7 @@ from ..io import read_json_limited
 from ..outputs import OutputFolder
 from ..train.distributed import DistContext
 from . import batches
-from .curves import DEFAULT_EPS_GRID, EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
+from .curves import EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
 from .inputs import check_inputs_fit_model
 from .suites import AttackSpec, parse_spec
 
@@ -395,13 +395,18 @@ def run_evaluation(
     progress: bool | None = None,
     ctx: DistContext | None = None,
     meta: dict[str, Any] | None = None,
-    curve_steps: int = 100,
-    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    curve_steps: int = 0,
+    eps_grid: Sequence[float] | None = None,
     plots: bool = True,
     stream: TextIO | None = None,
 ) -> EvaluationResult:
     """Attack the images ``x`` (labels ``y``) with every spec and the curves' runs, write
     ``report.json``, ``report.md`` and (``plots``) the PNGs into ``out_dir``.
+
+    Curves cost extra runs only on request: ``curve_steps=K`` adds PGD-K L∞ when the specs
+    have no L∞ PGD without random start to read the steps curve from, ``eps_grid`` (e.g.
+    :data:`~robustode.evaluate.curves.DEFAULT_EPS_GRID`) one PGD-20 run per ε; the extra
+    runs are named on ``stream`` before they start.
 
     ``progress``: True a tqdm bar, False one line per attack, None a bar only on a
     terminal. ``meta``: what the report says about where the model and data came from
@@ -449,8 +454,8 @@ def _run_evaluation(
     progress: bool | None = None,
     ctx: DistContext | None = None,
     meta: dict[str, Any] | None = None,
-    curve_steps: int = 100,
-    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    curve_steps: int = 0,
+    eps_grid: Sequence[float] | None = None,
     plots: bool = True,
     stream: TextIO | None = None,
 ) -> EvaluationResult:
@@ -470,6 +475,13 @@ def _run_evaluation(
     plan: CurvePlan = plan_curves(specs, curve_steps=curve_steps, eps_grid=eps_grid)
     extra = plan.extra_specs(specs)
     all_specs = specs + extra
+    if extra and ctx.is_main:
+        print(
+            f"curves: {len(extra)} extra run(s) beyond the {len(specs)} attack(s): "
+            + ", ".join(s.id for s in extra),
+            file=stream,
+            flush=True,
+        )
     model_fp = model_fingerprint(model)
     data_fp = inputs_sha256(x, y)
     config = {
