@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +20,12 @@ from robustode.data import float_images, load_dataset
 from robustode.defenses import defense_entry
 from robustode.errors import InputError
 from robustode.evaluate.curves import DEFAULT_EPS_GRID, eps_spec, plan_curves
+from robustode.evaluate.plots import curve_figure, per_attack_figure, pyplot
 from robustode.evaluate.report import group_threats
 from robustode.evaluate.runner import run_evaluation
 from robustode.evaluate.steps import run_step_studies, steps_markdown
 from robustode.evaluate.suites import PAPER, parse_spec, resolve_attacks
+from robustode.experiments.demo import ATTACKS, DemoResult, DemoRow, demo_figure
 from robustode.models import create_model
 from robustode.options import (
     EPS_REL_TOL,
@@ -235,3 +238,65 @@ def test_steps_markdown_has_one_cell_per_header_and_the_run_iterations(tmp_path)
     assert all(_table_cells(r) == head for r in rows if not r.startswith("|---"))
     assert rows[1].count("---") == head
     assert "\\|Δgrid\\|" in rows[0]
+
+
+# ------------------------------------------------- 8. plots
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _report(values: list[float]) -> dict:
+    return {
+        "n": 10,
+        "clean_accuracy": 0.9,
+        "attacks": [{"id": f"a{i}", "robust_accuracy": v} for i, v in enumerate(values)],
+    }
+
+
+def test_per_attack_bars_have_a_title_labels_and_a_visible_zero():
+    fig = per_attack_figure(_report([0.0, 0.5, 0.9, 1.0]))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert ax.get_title().startswith("Robust accuracy per attack")
+    bars = ax.patches
+    labels = [t.get_text() for t in ax.texts]
+    assert len(bars) == 4 and labels == ["0 %", "50.0", "90.0", "100.0"]
+    assert bars[0].get_height() > 0  # the 0 % bar is seen (a stub), not an empty slot
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(_overlaps(legend, b.get_window_extent(renderer)) for b in bars)
+    # the label of a 100 % bar fits inside the axes
+    top = ax.get_window_extent(renderer).y1
+    assert all(t.get_window_extent(renderer).y1 <= top for t in ax.texts)
+    pyplot().close(fig)
+
+
+def test_demo_legend_hides_no_bar():
+    rows = [
+        DemoRow(name, "", clean, {k: r for (k, _, _), r in zip(ATTACKS, robust, strict=False)},
+                verdict, [], 0, 0, 0, "")
+        for name, clean, robust, verdict in [
+            ("natural", 0.97, [0.0] * len(ATTACKS), "no masking detected"),
+            ("lad", 0.95, [0.9] * len(ATTACKS), "masked"),
+            ("sonet", 0.96, [1.0] * len(ATTACKS), "suspicious"),
+        ]
+    ]  # fmt: skip
+    fig = demo_figure(DemoResult(rows, Path("."), 0.0, []))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = ax.patches
+    assert len(bars) == 3 * (len(ATTACKS) + 1) and len(ax.texts) == len(bars)
+    assert not any(_overlaps(legend, b.get_window_extent(renderer)) for b in bars)
+    pyplot().close(fig)
+
+
+def test_curves_do_not_clip_their_last_point():
+    points = [{"steps": k, "robust_accuracy": 0.5} for k in (1, 2, 5, 10, 20)]
+    fig = curve_figure(
+        points, [1, 2, 5, 10, 20], 90.0, xlabel="PGD iterations", xscale={"base": 10}, title="t"
+    )
+    low, high = fig.axes[0].get_xlim()
+    assert low < 1 and high > 20
+    pyplot().close(fig)
