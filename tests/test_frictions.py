@@ -26,6 +26,17 @@ from robustode.evaluate.runner import run_evaluation
 from robustode.evaluate.steps import run_step_studies, steps_markdown
 from robustode.evaluate.suites import PAPER, parse_spec, resolve_attacks
 from robustode.experiments.demo import ATTACKS, DemoResult, DemoRow, demo_figure
+from robustode.experiments.paper_tables import PAPER_TABLES
+from robustode.experiments.reproduce import (
+    FULL,
+    SMOKE,
+    ReproduceResult,
+    RowResult,
+    data_used,
+    format_table,
+    row_label,
+    rows_at,
+)
 from robustode.models import create_model
 from robustode.options import (
     EPS_REL_TOL,
@@ -300,3 +311,25 @@ def test_curves_do_not_clip_their_last_point():
     low, high = fig.axes[0].get_xlim()
     assert low < 1 and high > 20
     pyplot().close(fig)
+
+
+# ------------------------------------------------- 9. smoke rows name the data they ran on
+def test_smoke_rows_are_labelled_by_the_data_they_were_trained_on():
+    table = PAPER_TABLES["lad-t1"]
+    rows = rows_at(table, SMOKE)
+    assert rows and all(r.group == "CIFAR-10" for r in rows)
+    results = [
+        RowResult(r.label, r.group, "", {}, dict(r.paper), 0.0, {}, data_used(r, SMOKE),
+                  row_label(r, SMOKE))
+        for r in rows
+    ]  # fmt: skip
+    text = format_table(ReproduceResult(table, SMOKE, results, Path("."), 0.0))
+    body = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(body) == len(rows)
+    assert all(line.startswith("| digits (8×8) ") for line in body)
+    assert all("(paper: CIFAR-10)" in line for line in body)
+    assert "trained and evaluated on digits (8×8), not the paper's data" in text.splitlines()[0]
+    # at full scale the paper's label stands
+    assert row_label(rows[0], FULL) == rows[0].label == "CIFAR-10 " + rows[0].label[9:]
+    sonet = PAPER_TABLES["sonet-t2"].rows[0]
+    assert row_label(sonet, SMOKE) == f"{sonet.label} (digits (8×8))"

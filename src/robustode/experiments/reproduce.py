@@ -155,6 +155,29 @@ def rows_at(table: PaperTable, scale: Scale) -> list[Row]:
     return rows
 
 
+DATA_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits (8×8)"}
+
+
+def data_used(row: Row, scale: Scale) -> str:
+    """The dataset ``row`` is trained and evaluated on at ``scale`` (smoke: digits)."""
+    return str(scale.train.get("data") or row.train.get("data", "cifar10"))
+
+
+def row_label(row: Row, scale: Scale) -> str:
+    """The row as printed: the paper's label where the row runs on the paper's data; at a
+    scale that swaps the data (smoke: digits) the group prefix names the data actually used
+    and the paper's group follows — ``digits (8×8) PGD + LAD (paper: CIFAR-10)``, never a
+    row trained on digits labelled CIFAR-10."""
+    used = data_used(row, scale)
+    if used == row.train.get("data", "cifar10"):
+        return row.label
+    name = DATA_NAMES.get(used, used)
+    if row.group in DATA_NAMES.values() and row.label.startswith(row.group):
+        rest = row.label[len(row.group) :].strip()
+        return f"{name} {rest} (paper: {row.group})".replace("  ", " ")
+    return f"{row.label} ({name})"
+
+
 def train_config(table: PaperTable, row: Row, scale: Scale, *, data_dir: str | None, **extra):
     """The TrainConfig of ``row`` at ``scale``: the table's recipe, the row, the scale."""
     from ..train import build_config
@@ -176,13 +199,15 @@ def train_config(table: PaperTable, row: Row, scale: Scale, *, data_dir: str | N
 
 @dataclass
 class RowResult:
-    label: str
+    label: str  # the paper's row (names the run folder)
     group: str
     run_dir: str
     ours: dict[str, float | None]
     paper: dict[str, float]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    data: str = ""  # the dataset the row was trained and evaluated on
+    shown: str = ""  # the label as printed (row_label: names the data actually used)
 
 
 @dataclass
@@ -236,9 +261,16 @@ def _pct(value: float | None) -> str:
 def format_table(result: ReproduceResult) -> str:
     """Our numbers next to the paper's: each cell is ``ours (paper)`` in percent."""
     table = result.table
+    used = sorted({r.data for r in result.rows if r.data})
+    trained_on = (
+        f" (trained and evaluated on {', '.join(DATA_NAMES.get(d, d) for d in used)}, not the "
+        "paper's data)"
+        if result.scale.train.get("data")
+        else ""
+    )
     lines = [
         f"### {table.paper.upper()} Table {table.number}: {table.title} "
-        f"— {result.scale.name} scale",
+        f"— {result.scale.name} scale{trained_on}",
         "",
     ]
     if table.kind == "steps":
@@ -250,7 +282,7 @@ def format_table(result: ReproduceResult) -> str:
             for k, grid in r.extra.get("grids", {}).items():
                 paper = r.extra.get("paper_grids", {}).get(k)
                 theirs = "–" if paper is None else _grid(paper)
-                lines.append(f"| {r.label} | {k} | {_grid(grid)} | {theirs} |")
+                lines.append(f"| {r.shown or r.label} | {k} | {_grid(grid)} | {theirs} |")
     else:
         lines.append("| row | " + " | ".join(c.header for c in table.columns) + " |")
         lines.append("|---|" + "---:|" * len(table.columns))
@@ -260,7 +292,7 @@ def format_table(result: ReproduceResult) -> str:
                 paper = r.paper.get(c.key)
                 ours = _pct(r.ours.get(c.key))
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
-            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.shown or r.label} | " + " | ".join(cells) + " |")
     if table.kind == "steps":
         ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
@@ -424,10 +456,11 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
     for i, (row, config) in enumerate(zip(rows, configs, strict=True), 1):
         t0 = time.perf_counter()
         run_dir = folder / slug(row.label)
-        log(f"[{i}/{len(rows)}] {row.label}: training {config.model} ({config.defense})")
+        shown = row_label(row, chosen)
+        log(f"[{i}/{len(rows)}] {shown}: training {config.model} ({config.defense})")
         resume = (run_dir / "config.json").exists() and not overwrite
         train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
-        log(f"[{i}/{len(rows)}] {row.label}: evaluating")
+        log(f"[{i}/{len(rows)}] {shown}: evaluating")
         ours, extra = _evaluate_row(table, row, run_dir, chosen, batch_size, device, overwrite)
         results.append(
             RowResult(
@@ -438,6 +471,8 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
                 dict(row.paper),
                 time.perf_counter() - t0,
                 extra,
+                data_used(row, chosen),
+                row_label(row, chosen),
             )
         )
     result = ReproduceResult(table, chosen, results, folder, time.perf_counter() - start)
