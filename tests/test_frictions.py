@@ -333,3 +333,33 @@ def test_smoke_rows_are_labelled_by_the_data_they_were_trained_on():
     assert row_label(rows[0], FULL) == rows[0].label == "CIFAR-10 " + rows[0].label[9:]
     sonet = PAPER_TABLES["sonet-t2"].rows[0]
     assert row_label(sonet, SMOKE) == f"{sonet.label} (digits (8×8))"
+
+
+# ------------------------------------------------- 10. bench --quick
+def test_quick_bench_prints_each_table_once_without_a_verdict(tmp_path, monkeypatch):
+    from benchmarks import suite
+    from benchmarks.section import Section
+
+    def fake(quick: bool) -> Section:
+        print("| pair | ratio | target |")  # a section printing rows as it measures them
+        print("| a/b | 0.9 | ≤ 1 (met) |")
+        rows = [{"pair": "a/b", "ratio": 0.9, "met": True}]
+        table = "| pair | ratio | target |\n|---|---:|---|\n| a/b | 0.9 | ≤ 1 (met) |"
+        return Section("fake", "Fake", "python -m fake", table, {"rows": rows})
+
+    monkeypatch.setattr(suite, "_section_function", lambda name, data_dir=None: fake)
+    out, err = io.StringIO(), io.StringIO()
+    log = lambda text: print(text, file=out)  # noqa: E731
+    sections = suite.run_suite(["fake"], True, tmp_path, "cmd", log=log, progress=err)
+    printed = out.getvalue()
+    assert printed.count("| a/b | 0.9 |") == 1 and printed.count("| pair | ratio |") == 1
+    assert "(quick: not a measurement)" in printed and "(met)" not in printed
+    assert "[bench] fake · | a/b | 0.9 | ≤ 1 (met) |" in err.getvalue()  # progress, marked
+    assert sections[0].data["rows"][0]["met"] is None
+    assert "(met)" not in (tmp_path / "bench.md").read_text()
+    # the full run keeps its verdicts
+    full = suite.run_suite(["fake"], False, tmp_path / "full", "cmd", log=log, progress=err)
+    assert full[0].data["rows"][0]["met"] is True and "(met)" in full[0].table
+    assert suite.quick_table("| x | ≤ 2 (MISSED) |\nmethod met") == (
+        "| x | ≤ 2 (quick: not a measurement) |\nmethod met"
+    )
