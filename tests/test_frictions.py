@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustode.attacks import AttackInputError, attack_preset, create_attack
-from robustode.attacks.presets import ALIASES, attack_options, format_options
+from robustode.attacks.presets import ALIASES, attack_options, describe_preset, format_options
 from robustode.data import float_images, load_dataset
 from robustode.defenses import defense_entry
 from robustode.errors import InputError
@@ -363,3 +363,17 @@ def test_quick_bench_prints_each_table_once_without_a_verdict(tmp_path, monkeypa
     assert suite.quick_table("| x | ≤ 2 (MISSED) |\nmethod met") == (
         "| x | ≤ 2 (quick: not a measurement) |\nmethod met"
     )
+
+
+def test_describe_preset_is_what_robustode_attacks_name_prints():
+    text = describe_preset("pgd-linf", eps="4/255")
+    lines = text.splitlines()
+    assert lines[0].startswith("pgd: L∞ ε=4/255, 10 steps of 2/255")
+    assert lines[1] == "model calls per image at most: 11"
+    assert lines[2].startswith("options (defaults): norm='linf', eps=8/255, steps=10,")
+    assert "alpha→step_size" in lines[3] and "n_restarts→restarts" in lines[3]
+    assert "n_queries→queries" in describe_preset("square")
+    # numbers given as text are numbers, in every numeric option
+    assert create_attack("pgd-linf", eps="8/255", steps="5").steps == 5
+    assert create_attack("autoattack", eps="4/255").threat.eps == 4 / 255
+    assert parse_value('"8"') == "8"  # JSON's quoted string stays text

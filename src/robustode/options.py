@@ -49,7 +49,9 @@ def parse_number(text: str) -> float | int | None:
 
 def parse_value(text: str) -> Any:
     """One option value: ``true``/``false`` → bool, ``none``/``null`` → None, an int, a float,
-    a fraction (``8/255`` → 0.0313…), a JSON list or object (``[1, 2]``), else the text."""
+    a fraction (``8/255`` → 0.0313…), JSON for a list, an object or a quoted string
+    (``[1, 2]``, ``"8"``), else the text itself. A superset of what the command line read as
+    JSON before (numbers, true, null, lists), plus fractions."""
     stripped = text.strip()
     lowered = stripped.lower()
     if lowered in ("true", "false"):
@@ -59,7 +61,7 @@ def parse_value(text: str) -> Any:
     number = parse_number(stripped)
     if number is not None:
         return number
-    if stripped[:1] in ("[", "{"):
+    if stripped[:1] in ("[", "{") or (len(stripped) > 1 and stripped[0] == stripped[-1] == '"'):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError:

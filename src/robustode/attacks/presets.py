@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import format_eps, unknown_name
+from ..options import format_eps, parse_number, unknown_name
 from .adaptive import SUBSTITUTES, SolverSubstitution
 from .apgd import APGDCE, APGDDLR, APGDT
 from .autoattack import autoattack
@@ -52,9 +52,14 @@ class AttackPreset:
     base: str | None = None  # the preset an adaptive preset wraps
 
     def canonical(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """``overrides`` with the peers' names (:data:`ALIASES`) replaced by robustode's."""
+        """``overrides`` with the peers' names (:data:`ALIASES`) replaced by robustode's and
+        numbers given as text read as numbers (``eps="8/255"`` → 0.0313…; no option of any
+        preset takes numeric text)."""
         out: dict[str, Any] = {}
         for key, value in overrides.items():
+            if isinstance(value, str):
+                number = parse_number(value)
+                value = value if number is None else number
             if key not in self.options and key in ALIASES:
                 target = next((t for t in ALIASES[key] if t in self.options), None)
                 if target is not None:
@@ -270,6 +275,27 @@ def attack_options(name: str) -> dict[str, Any]:
     return {option: defaults.get(option) for option in preset.options}
 
 
+def describe_preset(name: str, **overrides: Any) -> str:
+    """What ``robustode attacks NAME [KEY=VALUE …]`` prints: the attack's description, its
+    model calls per image, every option with its default (:func:`format_options`) and the
+    peers' names it accepts."""
+    preset = attack_preset(name)
+    attack = preset.create(**overrides)
+    aliases = []
+    for alias, targets in ALIASES.items():
+        target = next((t for t in targets if t in preset.options), None)
+        if target is not None and alias not in preset.options:
+            aliases.append(f"{alias}→{target}")
+    lines = [
+        attack.describe(),
+        f"model calls per image at most: {attack.budget():,}",
+        f"options (defaults): {format_options(name)}",
+    ]
+    if aliases:
+        lines.append(f"aliases: {', '.join(aliases)}")
+    return "\n".join(lines)
+
+
 def format_options(name: str) -> str:
     """``eps=8/255, steps=10, …``: :func:`attack_options` as text, radii as k/255."""
     parts = []
@@ -296,6 +322,7 @@ __all__ = [
     "attack_options",
     "attack_preset",
     "create_attack",
+    "describe_preset",
     "format_options",
     "list_attacks",
 ]
