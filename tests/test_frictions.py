@@ -46,6 +46,7 @@ from robustode.options import (
     same_eps,
     suggest,
 )
+from robustode.options import format_options as render_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,6 +130,10 @@ def test_radii_print_as_multiples_of_one_255th():
     assert format_eps(8 / 255, "l2") == "0.03137"
     assert create_attack("pgd-linf").describe().startswith("pgd: L∞ ε=8/255, 10 steps of 2/255,")
     assert "eps=8/255" in format_options("spsa") and "step_size=2/255" in format_options("pgd-linf")
+    assert format_options("pgd20-l2").startswith("norm='l2', eps=0.5, steps=20, step_size=0.1,")
+    # the defenses' defaults, as `robustode defenses` should list them
+    pgd_at = render_options(defense_entry("pgd_at").options)
+    assert pgd_at.startswith("eps=8/255, step_size=2/255, steps=10,")
 
 
 # ------------------------------------------------- 3. a comma string of specs

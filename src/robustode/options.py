@@ -7,6 +7,7 @@
 - :func:`format_eps`: a radius as ``k/255`` when it is a multiple of 1/255
   (or of 0.5/255), else ``%g`` — so a default of 8/255 prints as ``8/255``,
   not ``0.03137254901960784``.
+- :func:`format_options`: ``eps=8/255, steps=10, …`` for a listing of defaults.
 - :func:`same_eps`: whether two radii name the same threat model (relative
   tolerance :data:`EPS_REL_TOL`, 2 %): SONet's 0.031 and 8/255 = 0.03137…
   differ by 1.2 %, and the papers mean the same budget by both.
@@ -91,6 +92,20 @@ def format_eps(eps: float, norm: str = "linf", digits: int = 4) -> str:
     return f"{eps:.{digits}g}"
 
 
+def format_options(options: dict[str, Any], norm: str = "linf") -> str:
+    """``eps=8/255, steps=10, base='natural'``: radii and step sizes (keys ``eps``,
+    ``step_size``, ``alpha``) through :func:`format_eps`, text quoted, the rest as ``str``.
+    What a listing of options with their defaults prints (attacks, defenses)."""
+    parts = []
+    for key, value in options.items():
+        if key in ("eps", "step_size", "alpha") and isinstance(value, float):
+            text = format_eps(value, norm)
+        else:
+            text = repr(value) if isinstance(value, str) else str(value)
+        parts.append(f"{key}={text}")
+    return ", ".join(parts)
+
+
 def same_eps(a: float, b: float, rel: float = EPS_REL_TOL) -> bool:
     """Whether radii ``a`` and ``b`` agree within ``rel`` of the larger (2 % by default)."""
     return abs(a - b) <= rel * max(abs(a), abs(b))
@@ -125,6 +140,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
 __all__ = [
     "EPS_REL_TOL",
     "format_eps",
+    "format_options",
     "parse_number",
     "parse_option",
     "parse_value",

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import format_eps, parse_number, unknown_name
+from ..options import format_options as render_options
+from ..options import parse_number, unknown_name
 from .adaptive import SUBSTITUTES, SolverSubstitution
 from .apgd import APGDCE, APGDDLR, APGDT
 from .autoattack import autoattack
@@ -298,16 +299,8 @@ def describe_preset(name: str, **overrides: Any) -> str:
 
 def format_options(name: str) -> str:
     """``eps=8/255, steps=10, …``: :func:`attack_options` as text, radii as k/255."""
-    parts = []
-    for key, value in attack_options(name).items():
-        if key == "eps" and isinstance(value, float):
-            text = format_eps(value, str(attack_options(name).get("norm") or "linf"))
-        elif key in ("step_size", "alpha") and isinstance(value, float):
-            text = format_eps(value)
-        else:
-            text = repr(value) if isinstance(value, str) else str(value)
-        parts.append(f"{key}={text}")
-    return ", ".join(parts)
+    options = attack_options(name)
+    return render_options(options, str(options.get("norm") or "linf"))
 
 
 def create_attack(name: str, /, **overrides: Any) -> Attack:
