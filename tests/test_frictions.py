@@ -19,7 +19,7 @@ from robustode.attacks.presets import ALIASES, attack_options, describe_preset, 
 from robustode.data import float_images, load_dataset
 from robustode.defenses import defense_entry
 from robustode.errors import InputError
-from robustode.evaluate.curves import DEFAULT_EPS_GRID, eps_spec, plan_curves
+from robustode.evaluate.curves import DEFAULT_EPS_GRID, curve_options, eps_spec, plan_curves
 from robustode.evaluate.plots import curve_figure, per_attack_figure, pyplot
 from robustode.evaluate.report import group_threats
 from robustode.evaluate.runner import run_evaluation
@@ -171,6 +171,16 @@ def test_curves_add_runs_only_on_request(mlp, tmp_path):
     for e in DEFAULT_EPS_GRID:  # the readable id gives the same attack
         attack = eps_spec(e).create()
         assert attack.threat.eps == e and attack.step_size == 2.5 * e / 20
+
+
+def test_curve_options_map_a_request_to_run_evaluation_arguments():
+    assert curve_options() == {"curve_steps": 0, "eps_grid": None}
+    assert curve_options(True) == {"curve_steps": 100, "eps_grid": DEFAULT_EPS_GRID}
+    assert curve_options(eps_grid=[2 / 255]) == {"curve_steps": 0, "eps_grid": (2 / 255,)}
+    assert curve_options(True, curve_steps=0, eps_grid=[]) == {"curve_steps": 0, "eps_grid": ()}
+    assert curve_options(curve_steps=50)["curve_steps"] == 50
+    with pytest.raises(InputError, match="curve_steps must be an integer"):
+        curve_options(curve_steps=-1)
 
 
 # ------------------------------------------------- 5. uint8 images

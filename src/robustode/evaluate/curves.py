@@ -75,6 +75,28 @@ def eps_spec(eps: float) -> AttackSpec:
     return parse_spec(f"pgd20-linf:eps={text},step_size={step}")
 
 
+DEFAULT_CURVE_STEPS = 100
+
+
+def curve_options(
+    curves: bool = False,
+    curve_steps: int | None = None,
+    eps_grid: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """``run_evaluation``'s ``curve_steps`` and ``eps_grid`` from a request: ``curves=True``
+    asks for both curves (PGD-:data:`DEFAULT_CURVE_STEPS` when the suite has no prefix-PGD,
+    :data:`DEFAULT_EPS_GRID`); a ``curve_steps`` or ``eps_grid`` given explicitly is a
+    request for that curve on its own and wins over the defaults; nothing asked, no extra
+    run (the steps curve from a suite's own prefix-PGD is still drawn)."""
+    if curve_steps is not None and (
+        isinstance(curve_steps, bool) or not isinstance(curve_steps, int) or curve_steps < 0
+    ):
+        raise InputError(f"curve_steps must be an integer ≥ 0, got {curve_steps!r}")
+    steps = curve_steps if curve_steps is not None else (DEFAULT_CURVE_STEPS if curves else 0)
+    grid = eps_grid if eps_grid is not None else (DEFAULT_EPS_GRID if curves else None)
+    return {"curve_steps": steps, "eps_grid": None if grid is None else tuple(grid)}
+
+
 @dataclass
 class CurvePlan:
     """Which runs give the curves: ``steps`` (spec, K) and ``eps`` [(ε, spec)]."""
@@ -143,10 +165,12 @@ def steps_curve(
 
 
 __all__ = [
+    "DEFAULT_CURVE_STEPS",
     "DEFAULT_EPS_GRID",
     "EPS_GRID_255",
     "STEP_GRID",
     "CurvePlan",
+    "curve_options",
     "eps_spec",
     "plan_curves",
     "prefix_attack_steps",
