@@ -475,13 +475,15 @@ def _run_evaluation(
     plan: CurvePlan = plan_curves(specs, curve_steps=curve_steps, eps_grid=eps_grid)
     extra = plan.extra_specs(specs)
     all_specs = specs + extra
-    if extra and ctx.is_main:
-        print(
+    # said before they run, once the folder is ours (a refused folder is one line, no more)
+    curve_lines = (
+        [
             f"curves: {len(extra)} extra run(s) beyond the {len(specs)} attack(s): "
-            + ", ".join(s.id for s in extra),
-            file=stream,
-            flush=True,
-        )
+            + ", ".join(s.id for s in extra)
+        ]
+        if extra
+        else []
+    )
     model_fp = model_fingerprint(model)
     data_fp = inputs_sha256(x, y)
     config = {
@@ -504,7 +506,8 @@ def _run_evaluation(
 
         def claim() -> list[str]:
             folder.claim()
-            return _prepare_folder(folder, config, layout, resume=resume, overwrite=overwrite)
+            lines = _prepare_folder(folder, config, layout, resume=resume, overwrite=overwrite)
+            return [*curve_lines, *lines]
 
         for line in ctx.on_main(claim) or []:
             print(line, file=stream, flush=True)
