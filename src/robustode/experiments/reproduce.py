@@ -175,6 +175,29 @@ def rows_at(table: PaperTable, scale: Scale) -> list[Row]:
     return rows
 
 
+DATA_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits (8×8)"}
+
+
+def data_used(row: Row, scale: Scale) -> str:
+    """The dataset ``row`` is trained and evaluated on at ``scale`` (smoke: digits)."""
+    return str(scale.train.get("data") or row.train.get("data", "cifar10"))
+
+
+def row_label(row: Row, scale: Scale) -> str:
+    """The row as printed: the paper's label where the row runs on the paper's data; at a
+    scale that swaps the data (smoke: digits) the group prefix names the data actually used
+    and the paper's group follows — ``digits (8×8) PGD + LAD (paper: CIFAR-10)``, never a
+    row trained on digits labelled CIFAR-10."""
+    used = data_used(row, scale)
+    if used == row.train.get("data", "cifar10"):
+        return row.label
+    name = DATA_NAMES.get(used, used)
+    if row.group in DATA_NAMES.values() and row.label.startswith(row.group):
+        rest = row.label[len(row.group) :].strip()
+        return f"{name} {rest} (paper: {row.group})".replace("  ", " ")
+    return f"{row.label} ({name})"
+
+
 def train_config(table: PaperTable, row: Row, scale: Scale, *, data_dir: str | None, **extra):
     """The TrainConfig of ``row`` at ``scale``: the table's recipe, the row, the scale."""
     from ..train import build_config
@@ -215,7 +238,7 @@ def _lad_options(train: dict[str, Any]) -> dict[str, Any] | None:
 
 @dataclass
 class RowResult:
-    label: str
+    label: str  # the paper's row (names the run folder)
     group: str
     run_dir: str
     ours: dict[str, float | None]
@@ -225,6 +248,8 @@ class RowResult:
     # with several training seeds: each seed's cells (ours is their mean) and the std
     per_seed: dict[str, dict[str, float | None]] = field(default_factory=dict)
     std: dict[str, float | None] = field(default_factory=dict)
+    data: str = ""  # the dataset the row was trained and evaluated on
+    shown: str = ""  # the label as printed (row_label: names the data actually used)
 
 
 @dataclass
@@ -313,8 +338,16 @@ def aggregate_seeds(per_seed: dict[str, dict[str, float | None]]) -> tuple[dict,
 def format_table(result: ReproduceResult) -> str:
     """Our numbers next to the paper's: each cell is ``ours (paper)`` in percent."""
     table = result.table
+    used = sorted({r.data for r in result.rows if r.data})
+    trained_on = (
+        f" (trained and evaluated on {', '.join(DATA_NAMES.get(d, d) for d in used)}, not the "
+        "paper's data)"
+        if result.scale.train.get("data")
+        else ""
+    )
     lines = [
-        f"### {table.paper.upper()} {table.caption}: {table.title} — {result.scale.name} scale",
+        f"### {table.paper.upper()} {table.caption}: {table.title} "
+        f"— {result.scale.name} scale{trained_on}",
         "",
     ]
     if table.is_figure:
@@ -331,7 +364,7 @@ def format_table(result: ReproduceResult) -> str:
             for k, grid in r.extra.get("grids", {}).items():
                 paper = r.extra.get("paper_grids", {}).get(k)
                 theirs = "–" if paper is None else _grid(paper)
-                lines.append(f"| {r.label} | {k} | {_grid(grid)} | {theirs} |")
+                lines.append(f"| {r.shown or r.label} | {k} | {_grid(grid)} | {theirs} |")
     else:
         lines.append("| row | " + " | ".join(c.header for c in table.columns) + " |")
         lines.append("|---|" + "---:|" * len(table.columns))
@@ -344,7 +377,7 @@ def format_table(result: ReproduceResult) -> str:
                 if spread is not None:
                     ours = f"{ours} ± {100 * spread:.1f}"
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
-            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.shown or r.label} | " + " | ".join(cells) + " |")
     if table.kind == "steps":
         ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
@@ -561,7 +594,8 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
         for seed, config in zip(seeds, row_configs, strict=True):
             run_dir = folder / run_name(row, seed, seeds)
             run_dirs.append(str(run_dir))
-            label = row.label if len(seeds) == 1 else f"{row.label} (seed {seed})"
+            shown = row_label(row, chosen)
+            label = shown if len(seeds) == 1 else f"{shown} (seed {seed})"
             log(f"[{i}/{len(rows)}] {label}: training {config.model} ({config.defense})")
             resume = (run_dir / "config.json").exists() and not overwrite
             train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
@@ -580,6 +614,8 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
                 extra,
                 per_seed if len(seeds) > 1 else {},
                 std,
+                data_used(row, chosen),
+                row_label(row, chosen),
             )
         )
     result = ReproduceResult(table, chosen, results, folder, time.perf_counter() - start)
