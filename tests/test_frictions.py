@@ -334,8 +334,8 @@ def test_smoke_rows_are_labelled_by_the_data_they_were_trained_on():
     rows = rows_at(table, SMOKE)
     assert rows and all(r.group == "CIFAR-10" for r in rows)
     results = [
-        RowResult(r.label, r.group, "", {}, dict(r.paper), 0.0, {}, data_used(r, SMOKE),
-                  row_label(r, SMOKE))
+        RowResult(r.label, r.group, "", {}, dict(r.paper), 0.0, {},
+                  data=data_used(r, SMOKE), shown=row_label(r, SMOKE))
         for r in rows
     ]  # fmt: skip
     text = format_table(ReproduceResult(table, SMOKE, results, Path("."), 0.0))
