@@ -3,13 +3,23 @@
 Writes ``bench.md`` (the tables with date, machine, versions and the command, as
 benchmarks/RESULTS.md holds them) and ``bench.json`` (every row, for plots) into
 the output folder, after each section so an interrupted run keeps what it measured.
+
+Each table is printed once, when its section ends; what a section prints while it
+measures goes to stderr as progress lines (``[bench] ode · …``). ``--quick`` runs
+too few repeats on too little work for a ratio to mean anything: its tables say
+``quick: not a measurement`` where the full run says whether a target was met,
+and bench.json's ``met`` fields are null.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
+import io
+import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +46,46 @@ def _section_function(name: str, data_dir: Path | None = None) -> SectionFn:
 
 
 NAMES = BENCH_SECTIONS
+QUICK_VERDICT = "quick: not a measurement"
+_VERDICT = re.compile(r"\b(?:met|missed|MISSED)\b")
+
+
+def quick_table(table: str) -> str:
+    """``table`` with every target verdict (met / missed) replaced by :data:`QUICK_VERDICT`:
+    a quick run's ratios are noise, and a verdict on them reads as a result."""
+    return "\n".join(
+        _VERDICT.sub(QUICK_VERDICT, line) if line.startswith("|") else line
+        for line in table.splitlines()
+    )
+
+
+def _quick_rows(value):
+    """bench.json's rows of a quick run: every ``met`` verdict set to None."""
+    if isinstance(value, dict):
+        return {k: (None if k == "met" else _quick_rows(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_quick_rows(v) for v in value]
+    return value
+
+
+class _Progress(io.TextIOBase):
+    """A section's own prints, line by line, as ``[bench] NAME · line`` on ``stream``."""
+
+    def __init__(self, name: str, stream) -> None:
+        self.name, self.stream, self.pending = name, stream, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                print(f"[bench] {self.name} · {line}", file=self.stream, flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending.strip():
+            print(f"[bench] {self.name} · {self.pending}", file=self.stream, flush=True)
+        self.pending = ""
 
 
 def heading(env: dict, command: str, quick: bool) -> str:
@@ -68,8 +118,14 @@ def run_suite(
     command: str,
     log=print,
     data_dir: Path | None = None,
+    progress=None,
 ) -> list[Section]:
-    """Run the named sections in order; rewrite bench.md and bench.json after each."""
+    """Run the named sections in order; rewrite bench.md and bench.json after each.
+
+    ``log`` gets each table once; what a section prints while it runs goes to ``progress``
+    (default stderr) as ``[bench] NAME · …`` lines. ``quick``: verdicts become
+    :data:`QUICK_VERDICT`."""
+    progress = progress or sys.stderr
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     sections: list[Section] = []
@@ -79,8 +135,15 @@ def run_suite(
             continue
         log(f"[bench] {name} …")
         start = time.perf_counter()
-        section = _section_function(name, data_dir)(quick)
+        stream = _Progress(name, progress)
+        with contextlib.redirect_stdout(stream):
+            section = _section_function(name, data_dir)(quick)
+        stream.flush()
         seconds = time.perf_counter() - start
+        if quick:
+            section.table = quick_table(section.table)
+            section.data = _quick_rows(section.data)
+            section.data["verdict"] = QUICK_VERDICT
         section.data["seconds"] = seconds
         sections.append(section)
         log(f"\n## {section.title}\n\n{section.table}\n\n[bench] {name}: {seconds:.0f} s\n")

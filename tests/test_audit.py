@@ -207,7 +207,9 @@ def test_round_inside_fails_zero_gradients_and_finite_differences():
     model, x, y = _linear()
     quantised = Quantised(model, levels=8)
     result = check_zero_gradients(quantised, x, y)
-    assert result.status == "fail" and result.severity == "masked"
+    # a diagnostic since issue 20: zero gradients alone do not show the robust accuracy is
+    # inflated (an attack that then does better does, and gives "masked")
+    assert result.status == "fail" and result.severity == "suspicious"
     assert result.evidence["share"] == 1.0
     assert check_zero_gradients(model, x, y).status == "pass"
     assert check_finite_differences(quantised, x, y).evidence["median_cosine"] == 0.0

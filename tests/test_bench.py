@@ -22,7 +22,9 @@ def test_bench_writes_tables_and_json_and_says_when_no_gpu_figure_was_taken(
     (section,) = result["sections"]
     (row,) = section["rows"]
     assert row["images"] == 5000 and row["speedup"] > 0
-    assert row["met"] == (row["speedup"] >= 5.0)
+    # a quick run's ratio is noise: no verdict on it, in the table or the JSON
+    assert row["met"] is None and section["verdict"] == "quick: not a measurement"
+    assert "(quick: not a measurement) |" in md and "(met)" not in md and "(missed)" not in md
     if not torch.cuda.is_available():
         assert "no GPU figure was taken" in md
 

@@ -86,7 +86,7 @@ def test_models_describes_one_model_built_with_options(capsys):
     [
         (["models", "resnet11"], "unknown model 'resnet11'; choose one of:"),
         (["models", "soblock", "widht=3"], "has no option(s) widht; it accepts:"),
-        (["models", "soblock", "width"], "expected KEY=VALUE, got 'width'"),
+        (["models", "soblock", "width"], "expected KEY=VALUE (e.g. eps=8/255), got 'width'"),
         (["models", "soblock", "width=abc"], "width must be an integer ≥ 1, got 'abc'"),
         (["models", "soblock", "name=x"], "has no option(s) name; it accepts:"),
         (["models", "soblock", "seed=x"], "seed must be an integer, got 'x'"),

@@ -233,3 +233,127 @@ def test_bad_seeds_are_one_line(capsys):
         assert exit_.value.code == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "distinct integers ≥ 0" in line, (bad, line)
+
+
+# ------------------------------------------------------------------ LAD Fig. 2 (lad-f2)
+_F2_ROWS = {
+    "natural": ("natural", None),
+    "natural + LAD": ("lad", "natural"),
+    "PGD": ("pgd_at", None),
+    "PGD + LAD": ("lad", "pgd_at"),
+    "TRADES": ("trades", None),
+    "TRADES + LAD": ("lad", "trades"),
+}
+
+
+def test_lad_f2_rows_are_natural_pgd_and_trades_with_and_without_lad_all_tracing_eq16():
+    """LAD Fig. 2 as a preset: every row traces eq. 16; the defenses are the row's; full
+    scale is the paper's CIFAR-100 recipe (η 1000); smoke trains enough epochs for a curve."""
+    from robustode.experiments.reproduce import SMOKE_EPOCHS, SMOKE_LAD_ETA
+
+    table = PAPER_TABLES["lad-f2"]
+    assert table.is_figure and table.caption == "Fig. 2" and table.columns == ()
+    assert [r.label for r in table.rows] == list(_F2_ROWS)
+    assert rows_at(table, SMOKE) == list(table.rows)
+    for row in table.rows:
+        defense, base = _F2_ROWS[row.label]
+        full = train_config(table, row, FULL, data_dir=None)
+        smoke = train_config(table, row, SMOKE, data_dir=None)
+        for config in (full, smoke):
+            assert config.trace_eq16 and config.defense == defense, row.label
+            assert config.defense_options.get("base") == base, row.label
+        assert (full.data, full.epochs, full.batch_size) == ("cifar100", 300, 128)
+        assert (smoke.data, smoke.epochs) == ("digits", SMOKE_EPOCHS["lad-f2"])
+        assert smoke.epochs >= 5 and smoke.model_options == {"width": 8, "depth": 14}
+        if base is not None:
+            assert full.defense_options["eta"] == 1000.0
+            assert smoke.defense_options["eta"] == SMOKE_LAD_ETA["lad-f2"]
+    # the smoke η is the figure's own: the row's training fields are not edited
+    assert table.rows[1].train["defense_options"]["eta"] == 1000.0
+    other = PAPER_TABLES["lad-t1"]
+    lad_row = next(r for r in other.rows if r.label.endswith("natural + LAD"))
+    assert train_config(other, lad_row, SMOKE, data_dir=None).epochs == 2
+
+
+def _fabricated_series():
+    return {
+        "natural": {"epochs": [1, 2, 3], "eq16_ratio": [400.0, 1200.0, 3.5e3], "test_acc": [0.5]},
+        "natural + LAD": {
+            "epochs": [1, 2, 3],
+            "eq16_ratio": [2e6, 1.5e5, 1.2e5],
+            "test_acc": [0.3, 0.6, 0.875],
+        },
+    }
+
+
+def test_eq16_table_and_plot_from_series(tmp_path):
+    from robustode.experiments.figures import format_series_table, plot_eq16
+
+    lines = format_series_table(_fabricated_series())
+    assert lines[0] == "| epoch | natural | natural + LAD |"
+    assert lines[2:5] == [
+        "| 1 | 400 | 2e+06 |",
+        "| 2 | 1.2e+03 | 1.5e+05 |",
+        "| 3 | 3.5e+03 | 1.2e+05 |",
+    ]
+    assert lines[5] == "| test acc. (last epoch) | 50.0 % | 87.5 % |"
+    path = plot_eq16(_fabricated_series(), tmp_path / "f2.png", title="t")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_eq16_series_reads_metrics_and_refuses_a_run_without_the_trace(tmp_path):
+    from robustode.experiments.figures import MissingSeriesError, eq16_series
+
+    records = [
+        {"epoch": 1, "test_acc": 0.5, "eq16_ratio": 10.0},
+        {"epoch": 2, "test_acc": 0.7, "eq16_ratio": 20.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert eq16_series(tmp_path) == {
+        "epochs": [1, 2],
+        "eq16_ratio": [10.0, 20.0],
+        "test_acc": [0.5, 0.7],
+    }
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    with pytest.raises(MissingSeriesError, match="trace_eq16"):
+        eq16_series(tmp_path)
+
+
+def test_lad_f2_with_several_seeds_is_one_line(capsys):
+    assert main(["reproduce", "lad-f2", "--seeds", "0,1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "lad-f2" in line and "one seed" in line
+
+
+@pytest.mark.slow
+def test_reproduce_lad_f2_smoke_traces_eq16_for_every_row_and_plots_it(tmp_path, capsys):
+    """`reproduce lad-f2` at smoke scale: each row's series is its run's metrics.jsonl, one
+    finite positive ratio per epoch; the md table and the PNG are written (about 2 minutes
+    on one thread)."""
+    import math
+
+    from robustode.experiments.reproduce import SMOKE_EPOCHS
+
+    assert main(["reproduce", "lad-f2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "lad-f2"
+    saved = json.loads((folder / "reproduce.json").read_text())
+    assert saved["kind"] == "eq16" and [r["label"] for r in saved["rows"]] == list(_F2_ROWS)
+    epochs = SMOKE_EPOCHS["lad-f2"]
+    for row in saved["rows"]:
+        series = row["extra"]
+        assert series["epochs"] == list(range(1, epochs + 1)), row["label"]
+        ratios = series["eq16_ratio"]
+        assert len(ratios) == epochs and all(math.isfinite(v) and v > 0 for v in ratios)
+        metrics = [
+            json.loads(line)
+            for line in (folder / row["run_dir"].split("/")[-1] / "metrics.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        assert ratios == [m["eq16_ratio"] for m in metrics]
+    md = (folder / "reproduce.md").read_text()
+    assert "| epoch | " + " | ".join(_F2_ROWS) + " |" in md and "LAD Fig. 2" in out
+    assert all(f"| {e} | " in md for e in range(1, epochs + 1))
+    assert (folder / "lad_f2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

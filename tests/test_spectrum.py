@@ -122,3 +122,12 @@ def test_the_stability_command_measures_a_models_blocks(tmp_path, capsys):
     assert main([*argv, "--out", str(out), "--device", "cpu"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("robustode: error:") and "--overwrite" in line, line
+
+
+def test_soblock_stable_is_the_block_the_theorem_covers():
+    stable = create_model("soblock_stable", width=4, in_channels=1, seed=0)
+    assert theorem_conditions(stable.stem)["hold"] is True
+    assert theorem_conditions(create_model("soblock", width=4, in_channels=1).stem)["hold"] is False
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    (stem,) = block_stability(stable, x)
+    assert stem.summary()["max_real_eig_initial"]["max"] < 0

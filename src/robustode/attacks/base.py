@@ -189,9 +189,15 @@ def check_inputs(
 ) -> None:
     """One clear error for images or labels an attack cannot take (and, for a registry model,
     images it cannot take: its ``model_config`` says how many channels)."""
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        raise AttackInputError(
+            "images must be a floating-point tensor in [0, 1], got torch.uint8 (0..255): "
+            "convert with robustode.data.float_images(x) (the same as x.float() / 255)"
+        )
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
         raise AttackInputError(
-            f"images must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}"
+            f"images must be a floating-point tensor in [0, 1], got "
+            f"{getattr(x, 'dtype', type(x).__name__)}"
         )
     if x.dim() < 2:
         raise AttackInputError(f"images must be batched (N, …), got shape {tuple(x.shape)}")

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..options import format_eps
 from .base import (
     Attack,
     AttackInputError,
@@ -100,7 +101,8 @@ class GradientAttack(Attack):
         start = "random start" if self.random_start else "no random start"
         eot = f", EOT over {self.eot_iter} passes" if self.eot_iter > 1 else ""
         return (
-            f"{self.name}: {self.threat.describe()}, {self.steps} steps of {self.step_size:.4g}, "
+            f"{self.name}: {self.threat.describe()}, {self.steps} steps of "
+            f"{format_eps(self.step_size, self.threat.norm)}, "
             f"{self.loss_name} loss, {start}, {self.restarts} restart(s){eot}"
         )
 

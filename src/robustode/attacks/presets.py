@@ -7,6 +7,10 @@ random start (α 0.5/255 at ε ≤ 1/255 for natural models, 2/255 at 8/255).
 AutoAttack: ``autoattack`` with ``version`` standard | plus | rand | custom
 and ``norm`` linf | l2 | l1, its compositions and budgets exactly
 (:mod:`robustode.attacks.autoattack`); its members are presets of their own.
+
+The peers' option names are accepted as aliases (:data:`ALIASES`) wherever the
+preset has the option they stand for: AutoAttack's ``n_queries``, ``n_restarts``
+and ``n_iter``, torchattacks' ``alpha`` (the step size), cleverhans' ``nb_iter``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..options import format_options as render_options
+from ..options import parse_number, unknown_name
 from .adaptive import SUBSTITUTES, SolverSubstitution
 from .apgd import APGDCE, APGDDLR, APGDT
 from .autoattack import autoattack
@@ -26,6 +32,16 @@ from .gradient import FGSM, IFGSM, PGD, CWMarginPGD, GradientAttack
 from .spsa import SPSA
 from .square import Square
 
+# the peers' names → robustode's: AutoAttack (n_queries, n_restarts, n_iter), torchattacks
+# (alpha = the step size), cleverhans (nb_iter); an alias applies where its target exists
+ALIASES: dict[str, tuple[str, ...]] = {
+    "n_queries": ("queries",),
+    "n_restarts": ("restarts",),
+    "alpha": ("step_size",),
+    "n_iter": ("steps", "iterations"),
+    "nb_iter": ("steps", "iterations"),
+}
+
 
 @dataclass(frozen=True)
 class AttackPreset:
@@ -34,8 +50,31 @@ class AttackPreset:
     build: Callable[..., Attack]
     defaults: dict[str, Any] = field(default_factory=dict)
     options: tuple[str, ...] = ()
+    base: str | None = None  # the preset an adaptive preset wraps
+
+    def canonical(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """``overrides`` with the peers' names (:data:`ALIASES`) replaced by robustode's and
+        numbers given as text read as numbers (``eps="8/255"`` → 0.0313…; no option of any
+        preset takes numeric text)."""
+        out: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if isinstance(value, str):
+                number = parse_number(value)
+                value = value if number is None else number
+            if key not in self.options and key in ALIASES:
+                target = next((t for t in ALIASES[key] if t in self.options), None)
+                if target is not None:
+                    if target in overrides:
+                        raise AttackInputError(
+                            f"attack '{self.name}': {key} is another name for {target}; "
+                            "give one of them"
+                        )
+                    key = target
+            out[key] = value
+        return out
 
     def create(self, **overrides: Any) -> Attack:
+        overrides = self.canonical(overrides)
         unknown = sorted(set(overrides) - set(self.options))
         if unknown:
             raise AttackInputError(
@@ -198,6 +237,7 @@ for _base in ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "cw-margin-linf", "apgd-
         _adaptive(_base),
         {},
         ("substitute", "substitute_steps", "tighten", "include_deployed", *_PRESETS[_base].options),
+        _base,
     )
 
 
@@ -210,9 +250,63 @@ def attack_preset(name: str) -> AttackPreset:
     try:
         return _PRESETS[name]
     except KeyError:
-        raise AttackInputError(
-            f"unknown attack '{name}'; choose one of: {', '.join(list_attacks())}"
-        ) from None
+        raise AttackInputError(unknown_name("attack", name, list_attacks())) from None
+
+
+def _signature_defaults(build: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword defaults of a class (through ``**options``, of its bases) or of a function."""
+    out: dict[str, Any] = {}
+    inits = (
+        [k.__dict__["__init__"] for k in build.__mro__ if "__init__" in k.__dict__]
+        if isinstance(build, type)
+        else [build]
+    )
+    for init in inits:
+        params = list(inspect.signature(init).parameters.values())
+        for p in params:
+            if p.default is not p.empty and p.kind is not p.VAR_KEYWORD:
+                out.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def attack_options(name: str) -> dict[str, Any]:
+    """Every option of preset ``name`` with its default: the preset's own setting, else the
+    attack's signature default (what ``robustode attacks NAME`` prints)."""
+    preset = attack_preset(name)
+    defaults = _signature_defaults(preset.build)
+    if preset.base is not None:
+        defaults = {**attack_options(preset.base), **defaults}
+    defaults.update(preset.defaults)
+    return {option: defaults.get(option) for option in preset.options}
+
+
+def describe_preset(name: str, **overrides: Any) -> str:
+    """What ``robustode attacks NAME [KEY=VALUE …]`` prints: the attack's description, its
+    model calls per image, every option with its default (:func:`format_options`) and the
+    peers' names it accepts."""
+    preset = attack_preset(name)
+    attack = preset.create(**overrides)
+    aliases = []
+    for alias, targets in ALIASES.items():
+        target = next((t for t in targets if t in preset.options), None)
+        if target is not None and alias not in preset.options:
+            aliases.append(f"{alias}→{target}")
+    lines = [
+        attack.describe(),
+        f"model calls per image at most: {attack.budget():,}",
+        f"options (defaults): {format_options(name)}",
+    ]
+    if aliases:
+        lines.append(f"aliases: {', '.join(aliases)}")
+    return "\n".join(lines)
+
+
+def format_options(name: str) -> str:
+    """``eps=8/255, steps=10, …``: :func:`attack_options` as text, radii as k/255."""
+    options = attack_options(name)
+    return render_options(options, str(options.get("norm") or "linf"))
 
 
 def create_attack(name: str, /, **overrides: Any) -> Attack:
@@ -220,4 +314,14 @@ def create_attack(name: str, /, **overrides: Any) -> Attack:
     return attack_preset(name).create(**overrides)
 
 
-__all__ = ["AttackPreset", "GradientAttack", "attack_preset", "create_attack", "list_attacks"]
+__all__ = [
+    "ALIASES",
+    "AttackPreset",
+    "GradientAttack",
+    "attack_options",
+    "attack_preset",
+    "create_attack",
+    "describe_preset",
+    "format_options",
+    "list_attacks",
+]

@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from ..options import format_eps
+
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 SYMBOLS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
@@ -218,4 +220,4 @@ class ThreatModel:
         return in_box & (dist <= bound)
 
     def describe(self) -> str:
-        return f"{SYMBOLS[self.norm]} ε={self.eps:.6g}"
+        return f"{SYMBOLS[self.norm]} ε={format_eps(self.eps, self.norm, digits=6)}"

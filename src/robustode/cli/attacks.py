@@ -31,6 +31,7 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..attacks import attack_preset, create_attack, list_attacks
+    from ..attacks.presets import describe_preset
 
     if args.name is None:
         print("| attack | threat model | calls per image | setting |")
@@ -42,8 +43,5 @@ def run(args: argparse.Namespace) -> int:
                 f"{attack_preset(name).summary} |"
             )
         return 0
-    attack = create_attack(args.name, **dict(args.options))
-    print(attack.describe())
-    print(f"model calls per image at most: {attack.budget():,}")
-    print("options: " + ", ".join(attack_preset(args.name).options))
+    print(describe_preset(args.name, **dict(args.options)))
     return 0

@@ -7,7 +7,6 @@ accepts, which the parser prints as one line (exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,14 @@ positive_int = number(int, 1, True, "a positive integer")
 
 
 def option(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as JSON where it parses (numbers, true, null), else as text."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    """KEY=VALUE, the value read by :func:`robustode.options.parse_value` (numbers, fractions
+    such as 8/255, true/false, null, JSON lists; otherwise text)."""
+    from ..options import parse_option
+
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key, parsed
+        return parse_option(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def number_list(cast, what: str):
@@ -87,16 +85,9 @@ def test_images(target, args: argparse.Namespace, *, show: bool = True):
 
 def comma_list(text: str) -> list[str]:
     """A comma list of attack specs; commas inside NAME:k=v,k=v stay with their spec."""
-    items: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if items and ":" in items[-1] and "=" in part and ":" not in part:
-            items[-1] += "," + part  # another key=value of the previous spec
-        else:
-            items.append(part)
-    return items
+    from ..evaluate.suites import split_specs
+
+    return split_specs(text)
 
 
 def eps_grid(text: str) -> list[float]:

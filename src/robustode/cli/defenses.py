@@ -19,9 +19,10 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..defenses import defense_entry, list_defenses
+    from ..options import format_options
 
     for name in list_defenses():
         entry = defense_entry(name)
-        options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items()) or "none"
+        options = format_options(entry.options) or "none"
         print(f"{name}: {entry.summary}\n    options: {options}")
     return 0

@@ -61,20 +61,27 @@ def add(sub) -> None:
         "--seed", type=int, default=0, help="seed of the randomised attacks (default: 0)"
     )
     p.add_argument(
+        "--curves",
+        action="store_true",
+        help="also run the curves' extra attacks: PGD-100 L∞ for robust-vs-steps when the "
+        "suite has no L∞ PGD without random start to read it from, and one PGD-20 run per ε "
+        "of the robust-vs-ε grid (the runs are named before they start)",
+    )
+    p.add_argument(
         "--curve-steps",
         type=number(int, 0, True, "an integer ≥ 0"),
-        default=100,
+        default=None,
         metavar="K",
-        help="PGD-K L∞ run for the robust-vs-steps curve when the suite has no PGD L∞ "
-        "without random start (0: no curve; default: 100)",
+        help="the robust-vs-steps curve's PGD-K L∞ run (giving it asks for that curve; 0: none)",
     )
     p.add_argument(
         "--eps-grid",
         type=eps_grid,
         default=None,
         metavar="E,E",
-        help="ε values in 1/255 units for the robust-vs-ε curve (PGD-20 L∞); '' skips it "
-        f"(default: {','.join(f'{e:g}' for e in EPS_GRID_255)} and 0.031)",
+        help="ε values in 1/255 units for the robust-vs-ε curve (giving it asks for that "
+        f"curve; '' none; with --curves: {','.join(f'{e:g}' for e in EPS_GRID_255)} and "
+        "0.031)",
     )
     p.add_argument(
         "--save-adversarials",
@@ -92,7 +99,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate.curves import DEFAULT_EPS_GRID
+    from ..evaluate.curves import curve_options
     from ..evaluate.runner import run_evaluation
     from ..evaluate.suites import resolve_attacks
     from ..train.distributed import setup
@@ -119,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress_bar,
             ctx=ctx,
             meta=target.report_meta(),
-            curve_steps=args.curve_steps,
-            eps_grid=DEFAULT_EPS_GRID if args.eps_grid is None else args.eps_grid,
+            **curve_options(args.curves, args.curve_steps, args.eps_grid),
             save_adversarials=args.save_adversarials,
         )
     except KeyboardInterrupt:

@@ -29,7 +29,8 @@ def add(sub) -> None:
         "reproduce",
         help="train and evaluate a table of either paper; print ours next to the paper's",
         description=(
-            "Reproduce one table of SONet (sonet-t1 … sonet-t4) or LAD (lad-t1 … lad-t7). "
+            "Reproduce one table of SONet (sonet-t1 … sonet-t4) or LAD (lad-t1 … lad-t7), or "
+            "LAD's Fig. 2 (lad-f2: eq. 16's ratio per epoch, tabulated and plotted). "
             "--scale full uses the papers' settings (a GPU and the full CIFAR data); "
             "--scale smoke runs the same pipeline on the digits data in minutes on a CPU "
             "(its numbers check the pipeline, not the papers). Every row is a run folder "

@@ -13,6 +13,21 @@ class DataError(InputError):
     """A dataset that cannot be found, read or accepted; the message says what to provide."""
 
 
+def float_images(images: torch.Tensor) -> torch.Tensor:
+    """Images as the attacks and models take them: uint8 (0..255) → float32 in [0, 1]
+    (``x / 255``); a floating-point tensor is returned as it is (it must already lie in
+    [0, 1]). Layout is kept: NHWC arrays need ``.permute(0, 3, 1, 2)`` first."""
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"float_images takes a tensor, got {type(images).__name__}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    if not torch.is_floating_point(images):
+        raise DataError(
+            f"float_images takes uint8 (0..255) or floating-point images, got {images.dtype}"
+        )
+    return images
+
+
 @dataclass
 class ImageDataset:
     """A whole split as two tensors: NCHW images and int64 labels.
@@ -76,9 +91,7 @@ class ImageDataset:
 
     def float_images(self) -> torch.Tensor:
         """All images as float32 in [0, 1] (the stored tensor itself when already float32)."""
-        if self.images.dtype == torch.uint8:
-            return self.images.float().div_(255)
-        return self.images
+        return float_images(self.images)
 
     def subset(self, n: int) -> ImageDataset:
         """The first ``n`` images in order (RobustBench's protocol for evaluation subsets)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..options import unknown_name
 from .cifar import load_cifar
 from .dataset import DataError, ImageDataset
 from .digits import load_digits
@@ -58,7 +59,7 @@ def load_dataset(
     - ``npz``: ``root`` is the path of a .npz file (layout in :mod:`robustode.data.npz`).
     """
     if name not in _LOADERS:
-        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(list_datasets())}")
+        raise DataError(unknown_name("dataset", name, list_datasets()))
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

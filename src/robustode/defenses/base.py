@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..options import unknown_name
 
 Stats = dict[str, float]
 
@@ -102,9 +103,7 @@ def defense_entry(name: str) -> DefenseEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise DefenseConfigError(
-            f"unknown defense '{name}'; choose one of: {', '.join(list_defenses())}"
-        ) from None
+        raise DefenseConfigError(unknown_name("defense", name, list_defenses())) from None
 
 
 def create_defense(

@@ -1,5 +1,6 @@
-"""The gradient-masking audit's building blocks: the paired margin rule, check results, and the
-checks that need no attack run (gradients, outputs, finite differences, batch composition).
+"""The gradient-masking audit's building blocks: exact statistics on integer counts (the paired
+McNemar test, Clopper–Pearson intervals, rate thresholds), check results, and the checks that
+need no attack run (gradients, outputs, finite differences, batch composition).
 
 Every check returns a :class:`CheckResult`: ``status`` pass | fail | skipped, the
 ``severity`` a failure implies (``masked`` or ``suspicious``), its evidence (plain
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import torch
@@ -23,10 +25,17 @@ from ..errors import InputError
 Status = Literal["pass", "fail", "skipped"]
 Severity = Literal["masked", "suspicious"]
 
-# The paired margin: a robust-accuracy difference between two attacks on the same points counts
-# only when it exceeds max(MARGIN_FLOOR, MARGIN_SIGMAS · sqrt(discordant) / n).
+# Two attacks on the same points: attack A beats reference B when the exact one-sided McNemar
+# test (binomial test on the discordant points) rejects "equally strong" at level ALPHA and the
+# drop in robust accuracy exceeds MARGIN_FLOOR (a minimum effect: one or two odd points on a
+# large n are significant but show nothing worth a verdict).
+ALPHA = 0.05
 MARGIN_FLOOR = 0.015
+# the old normal-approximation margin max(MARGIN_FLOOR, MARGIN_SIGMAS · sqrt(discordant) / n),
+# kept as paired_margin() for callers; no decision uses it any more
 MARGIN_SIGMAS = 2.0
+# fewer clean-correct points than this: the report warns that nothing can be decided
+MIN_CLEAN_CORRECT = 20
 # Thresholds of the individual checks (docs/audit.md explains each).
 ZERO_GRADIENT_SHARE = 0.05
 EPS_GROWTH_FLOOR = 0.05
@@ -80,16 +89,83 @@ def outcome(
     return (failed if bad else passed)(name, group, severity, message, **evidence)
 
 
-# ------------------------------------------------------------------ the margin rule
-def paired_margin(discordant: int, n: int) -> float:
-    """The smallest robust-accuracy difference (a fraction) that counts between two attacks
-    evaluated on the same ``n`` points, ``discordant`` of which are robust under one attack
-    but not the other: max(1.5 points, 2·sqrt(discordant)/n).
+# ------------------------------------------------------------------ exact statistics
+def _exact(threshold: float | Fraction) -> Fraction:
+    """A threshold as the exact decimal it is written as (0.05 → 1/20, not the binary float)."""
+    return threshold if isinstance(threshold, Fraction) else Fraction(str(threshold))
 
-    The second term is two standard deviations of the difference under McNemar's null (each
-    discordant point equally likely to fall either way), so a drop must be about twice its
-    noise; the floor keeps one or two odd points from deciding anything on small n.
-    """
+
+def _check_count(count: int, n: int) -> None:
+    if n < 1:
+        raise InputError(f"n must be ≥ 1, got {n}")
+    if not 0 <= count <= n:
+        raise InputError(f"count must be in [0, {n}], got {count}")
+
+
+def rate_exceeds(count: int, n: int, threshold: float | Fraction) -> bool:
+    """Whether count/n > threshold, decided on integers (5 of 100 does not exceed 5 %)."""
+    _check_count(count, n)
+    return Fraction(count, n) > _exact(threshold)
+
+
+def rate_at_most(count: int, n: int, threshold: float | Fraction) -> bool:
+    """Whether count/n ≤ threshold, decided on integers (5 of 100 is at most 5 %)."""
+    return not rate_exceeds(count, n, threshold)
+
+
+def binomial_upper_tail(k: int, d: int) -> Fraction:
+    """P(X ≥ k) for X ~ Binomial(d, 1/2), as an exact fraction."""
+    if d < 0 or k > d + 1:
+        raise InputError(f"need 0 ≤ d and k ≤ d + 1, got k = {k}, d = {d}")
+    k = max(k, 0)
+    return Fraction(sum(math.comb(d, i) for i in range(k, d + 1)), 2**d)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """One-sided exact McNemar p-value that attack A is stronger than attack B on the same
+    points: ``only_a`` points broken by A alone, ``only_b`` by B alone. Under the null each of
+    the d = only_a + only_b discordant points falls either way with probability 1/2, so the
+    p-value is P(X ≥ only_a), X ~ Binomial(d, 1/2) (McNemar 1947; the exact form is the
+    binomial sign test). 1.0 when there is no discordant point."""
+    if only_a < 0 or only_b < 0:
+        raise InputError(f"counts must be ≥ 0, got {only_a} and {only_b}")
+    return float(binomial_upper_tail(only_a, only_a + only_b))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The exact (Clopper–Pearson 1934) interval for a binomial rate k/n with one-sided error
+    ``alpha`` at each end (two-sided level 1 − 2·alpha: 90 % at the audit's α = 0.05, the
+    interval that matches a one-sided test at 5 %)."""
+    _check_count(k, n)
+    from scipy.stats import beta  # scikit-learn's dependency, so always installed
+
+    lower = 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+    upper = 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+    return lower, upper
+
+
+def paired_test(only_a: int, only_b: int, n: int, alpha: float = ALPHA) -> dict[str, Any]:
+    """Whether attack A beats attack B on the same ``n`` points: the exact one-sided McNemar
+    test at ``alpha`` and a drop (only_a − only_b)/n above :data:`MARGIN_FLOOR`, both decided
+    on integers. The difference's interval is the exact conditional one: Clopper–Pearson for
+    π = P(a discordant point is A's) given d discordant points, mapped by d/n·(2π − 1)."""
+    if only_a < 0 or only_b < 0 or only_a + only_b > n:
+        raise InputError(f"need 0 ≤ only_a, only_b and only_a + only_b ≤ n = {n}")
+    d = only_a + only_b
+    tail = binomial_upper_tail(only_a, d)
+    if d:
+        lo, hi = clopper_pearson(only_a, d, alpha)
+        ci = (d / n * (2 * lo - 1), d / n * (2 * hi - 1))
+    else:
+        ci = (0.0, 0.0)
+    significant = tail <= _exact(alpha) and Fraction(only_a - only_b, n) > _exact(MARGIN_FLOOR)
+    return {"p_value": float(tail), "significant": bool(significant), "drop_ci": ci}
+
+
+def paired_margin(discordant: int, n: int) -> float:
+    """The audit's former normal-approximation margin, max(1.5 points, 2·sqrt(discordant)/n):
+    two standard deviations of the difference under McNemar's null. Kept for callers; the
+    audit now decides with :func:`paired_test` on the counts."""
     if n < 1:
         raise InputError(f"n must be ≥ 1, got {n}")
     if discordant < 0 or discordant > n:
@@ -98,22 +174,53 @@ def paired_margin(discordant: int, n: int) -> float:
 
 
 def compare(robust: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
-    """How far ``robust`` (per-point bools) lies below ``reference`` on the same points:
-    accuracies, drop (reference − robust), discordant count, margin, and whether it counts."""
+    """How far ``robust`` (per-point bools, the attack under test) lies below ``reference`` on
+    the same points: the counts (n, both broken, broken only by the attack, only by the
+    reference), accuracies, drop (reference − robust), the exact paired test of
+    :func:`paired_test` and whether the attack significantly beats the reference."""
     if robust.shape != reference.shape or robust.dim() != 1 or robust.numel() == 0:
         raise InputError("compare needs two non-empty per-point vectors of the same length")
     n = robust.numel()
-    discordant = int((robust != reference).sum())
-    acc, ref = robust.float().mean().item(), reference.float().mean().item()
-    margin = paired_margin(discordant, n)
+    only_attack = int((reference & ~robust).sum())  # the attack breaks them, the reference not
+    only_reference = int((robust & ~reference).sum())
+    both_broken = int((~robust & ~reference).sum())
+    test = paired_test(only_attack, only_reference, n)
     return {
-        "accuracy": acc,
-        "reference": ref,
-        "drop": ref - acc,
-        "discordant": discordant,
-        "margin": margin,
-        "significant": (ref - acc) > margin + 1e-12,
+        "accuracy": int(robust.sum()) / n,
+        "reference": int(reference.sum()) / n,
+        "drop": (only_attack - only_reference) / n,
+        "n": n,
+        "both_broken": both_broken,
+        "only_attack": only_attack,
+        "only_reference": only_reference,
+        "discordant": only_attack + only_reference,
+        "margin": MARGIN_FLOOR,
+        "alpha": ALPHA,
+        **test,
     }
+
+
+def pair_evidence(c: dict[str, Any]) -> dict[str, Any]:
+    """The counts, p-value and interval of a :func:`compare` for a check's evidence."""
+    return {
+        "n": c["n"],
+        "both_broken": c["both_broken"],
+        "only_attack": c["only_attack"],
+        "only_reference": c["only_reference"],
+        "p_value": c["p_value"],
+        "drop_ci": list(c["drop_ci"]),
+    }
+
+
+def pair_words(c: dict[str, Any]) -> str:
+    """A compare's counts and test in words, for a check's message."""
+    lo, hi = c["drop_ci"]
+    return (
+        f"n {c['n']}, both broken {c['both_broken']}, only the attack {c['only_attack']}, only "
+        f"the reference {c['only_reference']}; exact McNemar one-sided p = {c['p_value']:.3g} "
+        f"(α {c['alpha']:g}), drop {c['drop']:.1%} (90% CI {lo:.1%} to {hi:.1%}); counts "
+        f"when p ≤ {c['alpha']:g} and the drop exceeds {c['margin']:.1%}"
+    )
 
 
 # ------------------------------------------------------------------ model helpers
@@ -168,13 +275,17 @@ def check_zero_gradients(
     flat = g.flatten(1)
     finite = torch.isfinite(flat).all(1)
     zero = finite & (flat.abs().amax(1) == 0)
-    share = float((zero | ~finite).float().mean())
+    bad = int((zero | ~finite).sum())
+    n = int(flat.shape[0])
+    share = bad / n if n else 0.0
+    # a diagnostic: zero gradients stop gradient attacks, but only an attack that then does
+    # better (black-box, transfer, unbounded) shows the robust accuracy is inflated
     return outcome(
-        share > ZERO_GRADIENT_SHARE,
+        n > 0 and rate_exceeds(bad, n, ZERO_GRADIENT_SHARE),
         "zero_gradients",
         "gradients",
-        "masked",
-        f"{share:.1%} of points have an all-zero or non-finite input gradient "
+        "suspicious",
+        f"{bad} of {n} points ({share:.1%}) have an all-zero or non-finite input gradient "
         f"(fail above {ZERO_GRADIENT_SHARE:.0%})",
         share=share,
         zero=int(zero.sum()),
@@ -270,7 +381,7 @@ def check_finite_differences(
     ``directions`` Gaussian directions u_j (unit RMS per pixel). All points move together, so
     a batch-dependent model is differentiated in the batch it is evaluated in."""
     if x.shape[0] == 0:
-        return skipped("finite_differences", "gradients", "masked", "no points")
+        return skipped("finite_differences", "gradients", "suspicious", "no points")
     generator = torch.Generator(device=x.device).manual_seed(seed)
     _, g = input_gradients(model, x, y, None, loss="margin")
     autograd_dd, fd_dd = [], []
@@ -287,7 +398,7 @@ def check_finite_differences(
         return passed(
             "finite_differences",
             "gradients",
-            "masked",
+            "suspicious",
             "the loss is flat along every direction on every point; nothing to compare",
             points=int(x.shape[0]),
             directions=directions,
@@ -298,7 +409,9 @@ def check_finite_differences(
         median < FD_MIN_MEDIAN_COSINE,
         "finite_differences",
         "gradients",
-        "masked",
+        # a diagnostic: h crosses quantisation bins and a straight-through / BPDA gradient is
+        # never the true one, yet PGD through it can be as strong as on the bare network
+        "suspicious",
         f"median cosine between autograd and finite-difference directional derivatives "
         f"{median:.3f} over {valid.numel()} points (fail below {FD_MIN_MEDIAN_COSINE})",
         median_cosine=median,
@@ -377,6 +490,9 @@ def check_batch_composition(
         int(not (_same_grid(a_grids[i], b_grids[i]) and _same_grid(m_grids[i], b_grids[i])))
         for i in range(p)
     )
+    # a model whose solves robustode cannot see (no ODE block records) has no grids to compare
+    visible = any(grid for grid in b_grids)
+    grids_words = f"{grid_changes} of {p} step grids change" if visible else "no step grids seen"
     bad = pred_changes > 0 or min_cos < BATCH_MIN_GRADIENT_COSINE
     return outcome(
         bad,
@@ -384,13 +500,13 @@ def check_batch_composition(
         "ode",
         "suspicious",
         f"alone / in batch / with other batch-mates: logits change by up to {logit_change:.3g}, "
-        f"{pred_changes} predictions change, {grid_changes} of {p} step grids change, "
+        f"{pred_changes} predictions change, {grids_words}, "
         f"min gradient cosine {min_cos:.3f} (fail on any prediction change or cosine < "
         f"{BATCH_MIN_GRADIENT_COSINE})",
         points=p,
         max_logit_change=logit_change,
         prediction_changes=pred_changes,
-        step_grid_changes=grid_changes,
+        step_grid_changes=grid_changes if visible else None,
         min_gradient_cosine=min_cos,
         threshold=BATCH_MIN_GRADIENT_COSINE,
     )

@@ -8,8 +8,16 @@ has no such run, ``pgd{K}-linf`` (SONet's step 0.003, no random start) with
 K = ``curve_steps`` is added to the evaluation.
 
 **ε.** PGD-20 L∞ without random start, step 2.5·ε/20, at each ε of the grid
-({0.5, 1, 2, 4, 8, 16, 32}/255 and 0.031 by default), each an ordinary
-attack spec whose batches are cached and resumed like the suite's.
+(:data:`DEFAULT_EPS_GRID`: {0.5, 1, 2, 4, 8, 16, 32}/255 and 0.031), each an
+ordinary attack spec whose batches are cached and resumed like the suite's; its
+id reads ``pgd20-linf:eps=1/255,step_size=0.125/255`` (ε as k/255 where it is
+a multiple of 1/255 or 0.5/255).
+
+**Only on request.** Runs beyond the suite's own are added only when asked
+for: ``curve_steps > 0`` (the steps curve's PGD-K when the suite has no
+prefix-PGD) or a non-empty ``eps_grid``; :func:`run_evaluation` defaults to
+neither (the steps curve from a suite's own prefix-PGD costs nothing and is
+always drawn) and prints one line naming the extra runs before it starts them.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch
 
 from ..attacks import GradientAttack
 from ..errors import InputError
+from ..options import format_eps
 from .suites import AttackSpec, parse_spec
 
 STEP_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -55,9 +64,37 @@ def steps_spec(steps: int) -> AttackSpec:
 
 
 def eps_spec(eps: float) -> AttackSpec:
-    """PGD-20 L∞ at ``eps``, no random start, step 2.5·ε/20."""
-    step = 2.5 * eps / EPS_CURVE_STEPS
-    return parse_spec(f"pgd20-linf:eps={eps!r},step_size={step!r}")
+    """PGD-20 L∞ at ``eps``, no random start, step 2.5·ε/20; the id names ε as k/255 where
+    :func:`robustode.options.format_eps` does (``pgd20-linf:eps=1/255,step_size=0.125/255``)."""
+    text = format_eps(eps, digits=17)
+    if text.endswith("/255"):
+        k = float(text[: -len("/255")])
+        step = f"{2.5 * k / EPS_CURVE_STEPS:g}/255"
+    else:
+        text, step = repr(eps), repr(2.5 * eps / EPS_CURVE_STEPS)
+    return parse_spec(f"pgd20-linf:eps={text},step_size={step}")
+
+
+DEFAULT_CURVE_STEPS = 100
+
+
+def curve_options(
+    curves: bool = False,
+    curve_steps: int | None = None,
+    eps_grid: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """``run_evaluation``'s ``curve_steps`` and ``eps_grid`` from a request: ``curves=True``
+    asks for both curves (PGD-:data:`DEFAULT_CURVE_STEPS` when the suite has no prefix-PGD,
+    :data:`DEFAULT_EPS_GRID`); a ``curve_steps`` or ``eps_grid`` given explicitly is a
+    request for that curve on its own and wins over the defaults; nothing asked, no extra
+    run (the steps curve from a suite's own prefix-PGD is still drawn)."""
+    if curve_steps is not None and (
+        isinstance(curve_steps, bool) or not isinstance(curve_steps, int) or curve_steps < 0
+    ):
+        raise InputError(f"curve_steps must be an integer ≥ 0, got {curve_steps!r}")
+    steps = curve_steps if curve_steps is not None else (DEFAULT_CURVE_STEPS if curves else 0)
+    grid = eps_grid if eps_grid is not None else (DEFAULT_EPS_GRID if curves else None)
+    return {"curve_steps": steps, "eps_grid": None if grid is None else tuple(grid)}
 
 
 @dataclass
@@ -81,8 +118,8 @@ class CurvePlan:
 def plan_curves(
     specs: Sequence[AttackSpec],
     *,
-    curve_steps: int = 100,
-    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    curve_steps: int = 0,
+    eps_grid: Sequence[float] | None = None,
 ) -> CurvePlan:
     """The steps curve from the suite's longest prefix-PGD (else ``pgd{curve_steps}-linf``,
     0 skips), the ε curve over ``eps_grid`` (None or empty skips)."""
@@ -128,10 +165,12 @@ def steps_curve(
 
 
 __all__ = [
+    "DEFAULT_CURVE_STEPS",
     "DEFAULT_EPS_GRID",
     "EPS_GRID_255",
     "STEP_GRID",
     "CurvePlan",
+    "curve_options",
     "eps_spec",
     "plan_curves",
     "prefix_attack_steps",

@@ -32,7 +32,7 @@ def check_inputs_fit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     if x.dtype == torch.uint8:
         raise InputError(
             "the images are uint8 (0..255); robustode evaluates float images in [0, 1]: "
-            "convert with x.float() / 255 (ImageDataset.float_images() does it)"
+            "convert with robustode.data.float_images(x) (the same as x.float() / 255)"
         )
     if x.dim() != 4:
         raise InputError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")

@@ -17,9 +17,12 @@ report.json, ``schema_version`` 2::
                 robust_accuracy, model_calls, seconds, notes, members} ]
         model_calls: the attack's own model calls summed over points; seconds: wall time
         summed over its batches; members: an ensemble's points broken by each member
-    worst_case: [ {norm, eps, attacks, points, robust_points, robust_accuracy} ]
+    worst_case: [ {norm, eps, eps_values, attacks, points, robust_points, robust_accuracy} ]
         per threat model (norm, ε): a point is robust iff every attack with that threat
-        left it robust (the per-point AND)
+        left it robust (the per-point AND). Radii within 2 % of each other
+        (robustode.options.EPS_REL_TOL) are one threat model — SONet's 0.031 and 8/255 =
+        0.03137 (1.2 % apart) — so the paper suite's worst case includes SPSA; ``eps`` is
+        the group's smallest radius, ``eps_values`` every radius in it
     curves: {steps: {attack, norm, eps, max_steps, points: [{steps, robust_accuracy}]} | null,
              eps: {steps, norm, points: [{eps, eps_255, attack, robust_accuracy}]} | null}
     timings: {seconds (this process's wall time), attack_seconds (sum over all runs)}
@@ -41,6 +44,7 @@ from .. import __version__
 from ..attacks import Attack
 from ..attacks.threat import SYMBOLS
 from ..fingerprint import digest
+from ..options import EPS_REL_TOL, format_eps, same_eps
 from ..outputs import OutputFolder
 from .suites import AttackSpec
 
@@ -48,15 +52,28 @@ SCHEMA_VERSION = 2
 TIMING_FIELDS = ("seconds", "timings", "date")
 
 
-def _threat_key(attack: Attack) -> tuple[str, float]:
-    return attack.threat.norm, float(f"{attack.threat.eps:.10g}")
+def _threat_text(norm: str, eps: float, eps_values: Sequence[float] = ()) -> str:
+    """``L∞ ε=8/255``; a group of radii within the tolerance: ``L∞ ε=0.031…8/255``."""
+    values = sorted(set(eps_values)) or [eps]
+    text = "…".join(format_eps(e, norm) for e in (values[0], values[-1])[: min(len(values), 2)])
+    return f"{SYMBOLS.get(norm, norm)} ε={text}"
 
 
-def _threat_text(norm: str, eps: float) -> str:
-    text = f"{SYMBOLS.get(norm, norm)} ε={eps:.4g}"
-    if norm == "linf" and abs(eps * 255 - round(eps * 255 * 2) / 2) < 1e-6:
-        text += f" ({eps * 255:g}/255)"
-    return text
+def group_threats(threats: Sequence[tuple[str, float]], rel: float = EPS_REL_TOL) -> list[int]:
+    """A group index per (norm, ε): the same norm and radii within ``rel`` of every radius
+    already in the group (:func:`robustode.options.same_eps`) share one; first-seen order."""
+    groups: list[tuple[str, list[float]]] = []
+    index: list[int] = []
+    for norm, eps in threats:
+        for k, (g_norm, members) in enumerate(groups):
+            if g_norm == norm and all(same_eps(eps, m, rel) for m in members):
+                members.append(eps)
+                index.append(k)
+                break
+        else:
+            groups.append((norm, [eps]))
+            index.append(len(groups) - 1)
+    return index
 
 
 def build_report(
@@ -75,7 +92,6 @@ def build_report(
     first = points[specs[0].id]
     n = int(first.success.numel())
     rows: list[dict[str, Any]] = []
-    groups: dict[tuple[str, float], list[str]] = {}
     notes = list(notes)
     for spec in specs:
         attack, pr = attacks[spec.id], points[spec.id]
@@ -101,14 +117,19 @@ def build_report(
                 "members": pr.members,
             }
         )
-        groups.setdefault(_threat_key(attack), []).append(spec.id)
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for k, row in zip(group_threats([(r["norm"], r["eps"]) for r in rows]), rows, strict=True):
+        groups.setdefault(k, []).append(row)
     worst = []
-    for (norm, eps), ids in groups.items():
+    for members in groups.values():
+        ids = [r["id"] for r in members]
+        eps_values = sorted({float(r["eps"]) for r in members})
         robust = torch.stack([points[i].robust for i in ids]).all(0)
         worst.append(
             {
-                "norm": norm,
-                "eps": eps,
+                "norm": members[0]["norm"],
+                "eps": eps_values[0],
+                "eps_values": eps_values,
                 "attacks": ids,
                 "points": n,
                 "robust_points": int(robust.sum()),
@@ -177,7 +198,8 @@ def results_table(report: dict[str, Any]) -> str:
         if len(row["attacks"]) > 1:
             lines.append(
                 f"| **worst case** ({len(row['attacks'])} attacks) | "
-                f"{_threat_text(row['norm'], row['eps'])} | **{_pct(row['robust_accuracy'])}** | "
+                f"{_threat_text(row['norm'], row['eps'], row.get('eps_values', ()))} | "
+                f"**{_pct(row['robust_accuracy'])}** | "
                 f"{row['points']} | | |"
             )
     return "\n".join(lines)
@@ -243,7 +265,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         results_table(report),
         "",
         "The worst case counts a point robust only if every attack with that threat model "
-        "left it robust.",
+        "left it robust; radii within 2 % of each other (0.031 and 8/255) are one threat "
+        "model.",
         "",
     ]
     curves = curves_markdown(report)
@@ -269,6 +292,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "build_report",
     "curves_markdown",
+    "group_threats",
     "report_markdown",
     "results_table",
     "strip_timings",

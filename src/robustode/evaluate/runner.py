@@ -51,7 +51,7 @@ from ..io import read_bytes_limited, read_json_limited
 from ..outputs import OutputFolder
 from ..train.distributed import DistContext
 from . import batches
-from .curves import DEFAULT_EPS_GRID, EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
+from .curves import EPS_CURVE_STEPS, CurvePlan, plan_curves, steps_curve
 from .inputs import check_inputs_fit_model
 from .suites import AttackSpec, parse_spec
 
@@ -451,14 +451,19 @@ def run_evaluation(
     progress: bool | None = None,
     ctx: DistContext | None = None,
     meta: dict[str, Any] | None = None,
-    curve_steps: int = 100,
-    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    curve_steps: int = 0,
+    eps_grid: Sequence[float] | None = None,
     plots: bool = True,
     stream: TextIO | None = None,
     save_adversarials: bool = False,
 ) -> EvaluationResult:
     """Attack the images ``x`` (labels ``y``) with every spec and the curves' runs, write
     ``report.json``, ``report.md`` and (``plots``) the PNGs into ``out_dir``.
+
+    Curves cost extra runs only on request: ``curve_steps=K`` adds PGD-K L∞ when the specs
+    have no L∞ PGD without random start to read the steps curve from, ``eps_grid`` (e.g.
+    :data:`~robustode.evaluate.curves.DEFAULT_EPS_GRID`) one PGD-20 run per ε; the extra
+    runs are named on ``stream`` before they start.
 
     ``save_adversarials``: every attack's returned points are kept beside its batch files
     (``points/ATTACK/batch-K.adv.safetensors``) and in the result's ``adversarials``; a
@@ -511,8 +516,8 @@ def _run_evaluation(
     progress: bool | None = None,
     ctx: DistContext | None = None,
     meta: dict[str, Any] | None = None,
-    curve_steps: int = 100,
-    eps_grid: Sequence[float] | None = DEFAULT_EPS_GRID,
+    curve_steps: int = 0,
+    eps_grid: Sequence[float] | None = None,
     plots: bool = True,
     stream: TextIO | None = None,
     save_adversarials: bool = False,
@@ -533,6 +538,15 @@ def _run_evaluation(
     plan: CurvePlan = plan_curves(specs, curve_steps=curve_steps, eps_grid=eps_grid)
     extra = plan.extra_specs(specs)
     all_specs = specs + extra
+    # said before they run, once the folder is ours (a refused folder is one line, no more)
+    curve_lines = (
+        [
+            f"curves: {len(extra)} extra run(s) beyond the {len(specs)} attack(s): "
+            + ", ".join(s.id for s in extra)
+        ]
+        if extra
+        else []
+    )
     model_fp = model_fingerprint(model)
     data_fp = inputs_sha256(x, y)
     config = {
@@ -555,7 +569,8 @@ def _run_evaluation(
 
         def claim() -> list[str]:
             folder.claim()
-            return _prepare_folder(folder, config, layout, resume=resume, overwrite=overwrite)
+            lines = _prepare_folder(folder, config, layout, resume=resume, overwrite=overwrite)
+            return [*curve_lines, *lines]
 
         for line in ctx.on_main(claim) or []:
             print(line, file=stream, flush=True)

@@ -50,6 +50,7 @@ from ..attacks.adaptive import solvers_replaced
 from ..errors import InputError
 from ..nn.ode_block import ODEBlock
 from ..nn.solve_sites import named_solve_sites
+from ..options import format_eps
 
 DEFAULT_ITERATIONS = (1, 100, 1000)
 STEPS_FILE = "steps.json"
@@ -170,13 +171,18 @@ class TrajectorySettings:
 
         return create_attack(self.attack, eps=self.eps, step_size=self.step_size)
 
-    def describe(self) -> str:
+    def describe(self, iterations: int | None = None) -> str:
+        """``PGD-10 L∞ ε=0.031, step 0.003, … (pgd1000-linf's settings)`` for a trajectory
+        of ``iterations``; without it, the preset's name leads."""
         symbol = "L∞" if self.norm == "linf" else "L2"
         start = "random start" if self.random_start else "no random start"
-        return (
-            f"{self.attack}: {symbol} ε={self.eps:.6g}, step {self.step_size:.4g}, "
-            f"{self.loss} loss, {start}"
+        settings = (
+            f"{symbol} ε={format_eps(self.eps, self.norm, 6)}, step "
+            f"{format_eps(self.step_size, self.norm)}, {self.loss} loss, {start}"
         )
+        if iterations is None:
+            return f"{self.attack}: {settings}"
+        return f"PGD-{iterations} {settings} ({self.attack}'s settings)"
 
 
 def pgd_trajectory(
@@ -451,7 +457,11 @@ def _step_study(
             "(the batch view lists one grid per image)"
         )
     return StepStudy(
-        attack={"name": attack, "description": settings.describe(), **_settings_dict(settings)},
+        attack={
+            "name": attack,
+            "description": settings.describe(max(ks)),
+            **_settings_dict(settings),
+        },
         iterations=list(iterations),
         n_images=int(x.shape[0]),
         per_image=per_image,
@@ -482,6 +492,24 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _row(cells: Sequence[str]) -> str:
+    """One Markdown table row; a '|' inside a cell (``|Δgrid|``) is escaped, so every row
+    has as many cells as the header."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def steps_markdown(studies: StepStudy | Sequence[StepStudy]) -> str:
+    """``steps.md``: a title naming the trajectory actually run (its iteration count, not the
+    preset's name alone), then :func:`format_table`."""
+    if isinstance(studies, StepStudy):
+        studies = [studies]
+    first = studies[0]
+    return (
+        f"# Adaptive step grids along {first.attack['description']} (SONet Table 3's layout)"
+        f"\n\n{format_table(studies)}\n"
+    )
+
+
 def format_table(studies: StepStudy | Sequence[StepStudy]) -> str:
     """Table 3's layout (Solver | PGD iterations | adaptive steps) plus NFE, rejected steps,
     the batch grid's change from clean and, when measured, the per-image spread."""
@@ -495,7 +523,7 @@ def format_table(studies: StepStudy | Sequence[StepStudy]) -> str:
     head.append("acc")
     if per_image:
         head += ["1×1: steps", "first dt (mean ± std)", "|Δgrid| mean ± std", "#steps changed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for study in studies:
         for block in study.blocks:
             spreads = {r["iteration"]: r for r in block["per_image"]}
@@ -542,7 +570,7 @@ def format_table(studies: StepStudy | Sequence[StepStudy]) -> str:
                             else f"{s['grid_change_mean']:.2e} ± {s['grid_change_std']:.1e}",
                             "–" if k == 0 else f"{s['steps_changed']}/{study.n_images}",
                         ]
-                lines.append("| " + " | ".join(cells) + " |")
+                lines.append(_row(cells))
     first = studies[0]
     notes = [
         f"attack: {first.attack['description']}; {first.n_images} image(s)",
@@ -662,8 +690,7 @@ def _run_step_studies(
             **(meta or {}),
         )
         folder.write_json(STEPS_FILE, document)
-        folder.write_text("steps.md", "# Adaptive step grids (SONet Table 3)\n\n"
-                          + format_table(studies) + "\n")  # fmt: skip
+        folder.write_text("steps.md", steps_markdown(studies))
         plot_steps(studies, folder.root / "steps.png", folder=folder)
     return studies
 

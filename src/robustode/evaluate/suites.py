@@ -1,9 +1,12 @@
 """Named attack suites and attack specs (``pgd20-linf:eps=0.01,steps=50``).
 
 A spec is a preset name (``robustode attacks`` lists them), optionally
-followed by ``:key=value,key=value`` overrides; values are read as int,
-float, bool (``true``/``false``) or text. A spec's **id** is its text: it
-names the spec's folder of per-batch results and its row of the report.
+followed by ``:key=value,key=value`` overrides; values are read by
+:func:`robustode.options.parse_value`: int, float, a fraction (``eps=8/255``),
+bool (``true``/``false``) or text. The peers' option names (``n_queries``,
+``alpha``, ``n_restarts``) are aliases (:data:`robustode.attacks.presets.ALIASES`).
+A spec's **id** is its text: it names the spec's folder of per-batch results and
+its row of the report.
 
 Suites (``SUITES``; add one with :func:`register_suite`):
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from ..attacks import Attack, attack_preset, check_randomness, create_attack, has_ode_blocks
 from ..errors import InputError
+from ..options import parse_value, unknown_name
 
 PAPER = ("pgd20-linf", "pgd1000-linf", "pgd20-l2", "pgd1000-l2", "cw-linf", "spsa")
 AUTOATTACK = ("autoattack",)
@@ -104,20 +108,6 @@ def list_suites() -> list[str]:
     return list(SUITES)
 
 
-def _value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 @dataclass(frozen=True)
 class AttackSpec:
     """One attack of an evaluation: a preset name with overrides; ``id`` is its text."""
@@ -147,7 +137,8 @@ def parse_spec(text: str) -> AttackSpec:
     text = text.strip()
     name, sep, rest = text.partition(":")
     name = name.strip()
-    accepted = attack_preset(name).options  # an unknown name: one AttackInputError (ValueError)
+    preset = attack_preset(name)  # an unknown name: one AttackInputError (ValueError)
+    accepted = preset.options
     options: dict[str, Any] = {}
     if sep:
         for item in rest.split(","):
@@ -157,7 +148,11 @@ def parse_spec(text: str) -> AttackSpec:
                 raise InputError(
                     f"attack spec '{text}': expected NAME:key=value,key=value, got '{item}'"
                 )
-            options[key] = _value(value.strip())
+            options[key] = parse_value(value.strip())
+    try:
+        options = preset.canonical(options)  # n_queries → queries, alpha → step_size, …
+    except ValueError as exc:
+        raise InputError(f"attack spec '{text}': {exc}") from None
     spec = AttackSpec(text, name, options)
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -172,16 +167,39 @@ def parse_spec(text: str) -> AttackSpec:
     return spec
 
 
+def split_specs(text: str) -> list[str]:
+    """A comma list of specs: ``"pgd20-linf:eps=8/255,steps=50,spsa"`` → ``["pgd20-linf:eps=8/255,
+    steps=50", "spsa"]`` (a ``key=value`` part without ':' continues the spec before it)."""
+    items: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if items and ":" in items[-1] and "=" in part and ":" not in part:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
+
+
 def resolve_attacks(
-    suite: str | None, attacks: Sequence[str] | None, model: nn.Module | None = None
+    suite: str | None, attacks: str | Sequence[str] | None, model: nn.Module | None = None
 ) -> list[AttackSpec]:
-    """The suite's specs then the explicit ones, duplicates (same id) dropped, in order."""
+    """The suite's specs then the explicit ones, duplicates (same id) dropped, in order.
+
+    ``attacks``: a list of specs or one comma-separated string of them (:func:`split_specs`).
+    """
     texts: list[str] = []
     if suite is not None:
         if suite not in SUITES:
-            raise InputError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
+            raise InputError(unknown_name("suite", suite, SUITES))
         texts += SUITES[suite](model)
-    texts += [a for a in (attacks or ()) if a.strip()]
+    if isinstance(attacks, str):
+        attacks = split_specs(attacks)
+    elif attacks is not None and not all(isinstance(a, str) for a in attacks):
+        raise InputError(
+            f"attacks must be a comma-separated string or a list of spec strings, got {attacks!r}"
+        )
+    texts += [a.strip() for a in (attacks or ()) if a.strip()]
     if not texts:
         raise InputError("no attacks: name a suite or give attack specs")
     specs: dict[str, AttackSpec] = {}
@@ -204,4 +222,5 @@ __all__ = [
     "probe_images",
     "register_suite",
     "resolve_attacks",
+    "split_specs",
 ]

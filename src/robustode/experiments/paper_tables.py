@@ -54,8 +54,21 @@ class PaperTable:
     recipe: str  # the training preset (robustode.train.config.PRESETS) of the full scale
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
-    kind: str = "robustness"  # or "steps" (SONet Table 3)
+    kind: str = "robustness"  # or "steps" (SONet Table 3), "eq16" (LAD Fig. 2: a figure)
     notes: tuple[str, ...] = ()
+
+    @property
+    def is_figure(self) -> bool:
+        """A figure's rows give a series per training epoch, not attack cells."""
+        return self.kind in FIGURE_KINDS
+
+    @property
+    def caption(self) -> str:
+        """``Table N`` or ``Fig. N``, as the paper numbers it."""
+        return f"{'Fig.' if self.is_figure else 'Table'} {self.number}"
+
+
+FIGURE_KINDS = ("eq16",)
 
 
 # ------------------------------------------------------------------------------ SONet
@@ -539,6 +552,37 @@ def _lad_t6() -> PaperTable:
     )
 
 
+def _lad_f2() -> PaperTable:
+    """LAD Fig. 2 (§4.5): eq. 16's ratio ‖x(0) + f(x(0), 0)‖₂ / ‖∂L/∂x(0)‖₂ traced during
+    training. The paper plots one curve, PGD training on CIFAR-100 (from about 2 × 10⁶ at
+    the start down to a minimum above 1 × 10⁵ near the end); the issue asks for natural, PGD
+    and TRADES training each with and without LAD, so every row traces it (trace_eq16)."""
+    methods = ("", " + LAD")
+    rows: list[Row] = []
+    for base_label in ("natural", "PGD", "TRADES"):
+        values = {f"{base_label}{m}": () for m in methods}
+        rows += _lad_rows(values, (), "cifar100", _BASE[base_label], "")
+    rows = [Row(r.label, {**r.train, "trace_eq16": True}, {}, r.group) for r in rows]
+    return PaperTable(
+        "lad-f2",
+        "lad",
+        2,
+        "The ratio of eq. 16 during training, natural, PGD and TRADES with and without LAD",
+        "lad-cifar100",
+        (),
+        tuple(rows),
+        kind="eq16",
+        notes=(
+            "The paper's Fig. 2 has one curve, PGD training on CIFAR-100: about 2 × 10⁶ at the "
+            "start, falling to a minimum above 1 × 10⁵ near the end of training; the other "
+            "five rows are not in the paper.",
+            "The ratio is measured after each epoch on the first batch of training images in "
+            "eval mode, with the batch-mean loss: its denominator carries a factor 1/B, so the "
+            "ratio grows roughly in proportion to the batch size B (the paper's B is 128).",
+        ),
+    )
+
+
 def _all() -> dict[str, PaperTable]:
     tables = [
         _sonet_t1(),
@@ -564,6 +608,7 @@ def _all() -> dict[str, PaperTable]:
             False,
             autoattack=True,
         ),
+        _lad_f2(),
     ]
     return {t.name: t for t in tables}
 

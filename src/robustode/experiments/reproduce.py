@@ -15,6 +15,11 @@ Two scales:
 
 Every row is a run folder ``OUT/TABLE/ROW`` (training resumes, evaluation
 batches are cached), so an interrupted reproduce continues where it stopped.
+
+A figure (``lad-f2``, LAD Fig. 2) is run the same way, but its rows are not
+attacked: each row's per-epoch series (eq. 16's ratio, traced by the trainer)
+is read from its ``metrics.jsonl``, tabulated and plotted (``lad_f2.png``). At
+smoke scale a figure trains ``SMOKE_EPOCHS`` epochs so that a curve exists.
 """
 
 from __future__ import annotations
@@ -82,6 +87,15 @@ SMOKE = Scale(
 
 # depth 14 (two blocks a stage) is the least at which In-ResNet has a damped block: its
 # first block and its downsampling blocks stay plain
+
+# Figures trace a quantity per epoch: two epochs are no curve.
+SMOKE_EPOCHS: dict[str, int] = {"lad-f2": 6}
+# LAD's η of a table's LAD rows at smoke scale. lad-f2's rows are CIFAR-100's (η 1000), but
+# on digits at batch 64 eq. 16's ratio starts near 4 × 10² (not the paper's 2 × 10⁶): η 1000
+# is far above it and both natural + LAD and PGD + LAD stayed at chance for 6 epochs
+# (measured 2026-11-29, seed 0), the "too large η" of LAD Table 5. η 50, which lad-t1…t3's
+# smoke rows train with, lets them learn (96–97 % test accuracy).
+SMOKE_LAD_ETA: dict[str, float] = {"lad-f2": 50.0}
 
 # Tables with many rows run a representative subset at smoke scale.
 SMOKE_ROWS: dict[str, tuple[str, ...]] = {
@@ -161,6 +175,29 @@ def rows_at(table: PaperTable, scale: Scale) -> list[Row]:
     return rows
 
 
+DATA_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits (8×8)"}
+
+
+def data_used(row: Row, scale: Scale) -> str:
+    """The dataset ``row`` is trained and evaluated on at ``scale`` (smoke: digits)."""
+    return str(scale.train.get("data") or row.train.get("data", "cifar10"))
+
+
+def row_label(row: Row, scale: Scale) -> str:
+    """The row as printed: the paper's label where the row runs on the paper's data; at a
+    scale that swaps the data (smoke: digits) the group prefix names the data actually used
+    and the paper's group follows — ``digits (8×8) PGD + LAD (paper: CIFAR-10)``, never a
+    row trained on digits labelled CIFAR-10."""
+    used = data_used(row, scale)
+    if used == row.train.get("data", "cifar10"):
+        return row.label
+    name = DATA_NAMES.get(used, used)
+    if row.group in DATA_NAMES.values() and row.label.startswith(row.group):
+        rest = row.label[len(row.group) :].strip()
+        return f"{name} {rest} (paper: {row.group})".replace("  ", " ")
+    return f"{row.label} ({name})"
+
+
 def train_config(table: PaperTable, row: Row, scale: Scale, *, data_dir: str | None, **extra):
     """The TrainConfig of ``row`` at ``scale``: the table's recipe, the row, the scale."""
     from ..train import build_config
@@ -174,15 +211,34 @@ def train_config(table: PaperTable, row: Row, scale: Scale, *, data_dir: str | N
     options.update(scale.model_options.get(model, {}))
     overrides["model_options"] = options
     overrides.update(scale.train)
+    if scale.name == "smoke" and table.name in SMOKE_EPOCHS:
+        overrides["epochs"] = SMOKE_EPOCHS[table.name]
+    lad = _lad_options(overrides) if scale.name == "smoke" else None
+    if lad is not None and table.name in SMOKE_LAD_ETA:
+        lad["eta"] = SMOKE_LAD_ETA[table.name]
     if scale.name == "full" and data_dir is not None:
         overrides["data_dir"] = data_dir
     overrides.update(extra)
     return build_config(preset_name=recipe, overrides=overrides)
 
 
+def _lad_options(train: dict[str, Any]) -> dict[str, Any] | None:
+    """The (copied, editable) options of a row's LAD defense, also under noise; None if the
+    row does not train with LAD."""
+    if train.get("defense") in ("lad", "lad_sm"):
+        train["defense_options"] = dict(train.get("defense_options", {}))
+        return train["defense_options"]
+    if train.get("defense") == "noise":
+        options = train["defense_options"] = dict(train.get("defense_options", {}))
+        if options.get("base") in ("lad", "lad_sm"):
+            options["base_options"] = dict(options.get("base_options", {}))
+            return options["base_options"]
+    return None
+
+
 @dataclass
 class RowResult:
-    label: str
+    label: str  # the paper's row (names the run folder)
     group: str
     run_dir: str
     ours: dict[str, float | None]
@@ -192,6 +248,8 @@ class RowResult:
     # with several training seeds: each seed's cells (ours is their mean) and the std
     per_seed: dict[str, dict[str, float | None]] = field(default_factory=dict)
     std: dict[str, float | None] = field(default_factory=dict)
+    data: str = ""  # the dataset the row was trained and evaluated on
+    shown: str = ""  # the label as printed (row_label: names the data actually used)
 
 
 @dataclass
@@ -207,6 +265,7 @@ class ReproduceResult:
             "table": self.table.name,
             "paper": self.table.paper,
             "number": self.table.number,
+            "kind": self.table.kind,
             "title": self.table.title,
             "scale": self.scale.name,
             "columns": [
@@ -221,11 +280,25 @@ class ReproduceResult:
 def scale_notes(table: PaperTable, scale: Scale) -> list[str]:
     if scale.name == "full":
         return []
-    notes = [
-        "smoke scale: digits data (8×8), two epochs, small models, the first "
-        f"{scale.n_eval} test images, iterative attacks capped at {scale.max_attack_steps} "
-        "steps — these numbers check the pipeline; they are not the paper's experiment."
-    ]
+    if table.is_figure:
+        epochs = SMOKE_EPOCHS.get(table.name, scale.train.get("epochs"))
+        notes = [
+            f"smoke scale: digits data (8×8), {epochs} epochs, small models (batch "
+            f"{scale.train.get('batch_size')}) — these series check the pipeline; they are "
+            "not the paper's experiment."
+        ]
+        if table.name in SMOKE_LAD_ETA:
+            notes.append(
+                f"LAD rows at smoke scale train with η {SMOKE_LAD_ETA[table.name]:g}, not the "
+                "paper's CIFAR-100 η 1000: on digits the ratio starts near 4 × 10², and η 1000 "
+                "kept natural + LAD and PGD + LAD at chance."
+            )
+    else:
+        notes = [
+            "smoke scale: digits data (8×8), two epochs, small models, the first "
+            f"{scale.n_eval} test images, iterative attacks capped at {scale.max_attack_steps} "
+            "steps — these numbers check the pipeline; they are not the paper's experiment."
+        ]
     if scale.autoattack and any(
         (c.attack or "").partition(":")[0] == "autoattack" for c in table.columns
     ):
@@ -265,12 +338,24 @@ def aggregate_seeds(per_seed: dict[str, dict[str, float | None]]) -> tuple[dict,
 def format_table(result: ReproduceResult) -> str:
     """Our numbers next to the paper's: each cell is ``ours (paper)`` in percent."""
     table = result.table
+    used = sorted({r.data for r in result.rows if r.data})
+    trained_on = (
+        f" (trained and evaluated on {', '.join(DATA_NAMES.get(d, d) for d in used)}, not the "
+        "paper's data)"
+        if result.scale.train.get("data")
+        else ""
+    )
     lines = [
-        f"### {table.paper.upper()} Table {table.number}: {table.title} "
-        f"— {result.scale.name} scale",
+        f"### {table.paper.upper()} {table.caption}: {table.title} "
+        f"— {result.scale.name} scale{trained_on}",
         "",
     ]
-    if table.kind == "steps":
+    if table.is_figure:
+        from .figures import format_series_table
+
+        lines += format_series_table({r.label: r.extra for r in result.rows})
+        lines += ["", "Cells: eq. 16's ratio after each epoch (the paper's Fig. 2 plots it)."]
+    elif table.kind == "steps":
         lines += [
             "| row | PGD iterations | accepted grid (ours) | accepted grid (paper) |",
             "|---|---:|---|---|",
@@ -279,7 +364,7 @@ def format_table(result: ReproduceResult) -> str:
             for k, grid in r.extra.get("grids", {}).items():
                 paper = r.extra.get("paper_grids", {}).get(k)
                 theirs = "–" if paper is None else _grid(paper)
-                lines.append(f"| {r.label} | {k} | {_grid(grid)} | {theirs} |")
+                lines.append(f"| {r.shown or r.label} | {k} | {_grid(grid)} | {theirs} |")
     else:
         lines.append("| row | " + " | ".join(c.header for c in table.columns) + " |")
         lines.append("|---|" + "---:|" * len(table.columns))
@@ -292,7 +377,7 @@ def format_table(result: ReproduceResult) -> str:
                 if spread is not None:
                     ours = f"{ours} ± {100 * spread:.1f}"
                 cells.append(ours if paper is None else f"{ours} ({paper:.2f})")
-            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.shown or r.label} | " + " | ".join(cells) + " |")
     if table.kind == "steps":
         ran = ", ".join(map(str, result.scale.pgd_iterations))
         lines += [
@@ -301,7 +386,7 @@ def format_table(result: ReproduceResult) -> str:
             "images (batch step control, as deployed), then t1; after k PGD L∞ iterations "
             f"(ε 0.031, step 0.003). Iterations run: {ran}.",
         ]
-    else:
+    elif not table.is_figure:
         seeds = max((len(r.per_seed) for r in result.rows), default=0)
         if seeds > 1:
             lines += [
@@ -359,6 +444,11 @@ def _evaluate_row(
     from ..evaluate.runner import run_evaluation
     from ..evaluate.suites import parse_spec
 
+    if table.is_figure:  # the series is the training's own record; nothing is attacked
+        from .figures import eq16_series
+
+        series = eq16_series(run_dir)
+        return {"clean": series["test_acc"][-1]}, series
     target = load_target(run_dir, device=device)
     x, y = target.test_images(scale.n_eval)
     if table.kind == "steps":
@@ -444,6 +534,11 @@ def reproduce(
     chosen = SMOKE if scale == "smoke" else FULL
     log = log or (lambda text: print(text, file=stream or sys.stderr, flush=True))
     seeds = _check_seeds(seeds)
+    if table.is_figure and len(seeds) > 1:
+        raise InputError(
+            f"{table.name} is a figure of one training run per row; give one seed "
+            f"(--seeds S), got {list(seeds)}"
+        )
     folder = Path(out_dir) / table.name
     rows = rows_at(table, chosen)
     configs = [
@@ -499,7 +594,8 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
         for seed, config in zip(seeds, row_configs, strict=True):
             run_dir = folder / run_name(row, seed, seeds)
             run_dirs.append(str(run_dir))
-            label = row.label if len(seeds) == 1 else f"{row.label} (seed {seed})"
+            shown = row_label(row, chosen)
+            label = shown if len(seeds) == 1 else f"{shown} (seed {seed})"
             log(f"[{i}/{len(rows)}] {label}: training {config.model} ({config.defense})")
             resume = (run_dir / "config.json").exists() and not overwrite
             train(config, run_dir, resume=resume, overwrite=overwrite, progress=False)
@@ -518,11 +614,24 @@ def _reproduce_rows(claim, table, chosen, rows, configs, batch_size, device, ove
                 extra,
                 per_seed if len(seeds) > 1 else {},
                 std,
+                data_used(row, chosen),
+                row_label(row, chosen),
             )
         )
     result = ReproduceResult(table, chosen, results, folder, time.perf_counter() - start)
     claim.write_json("reproduce.json", result.to_dict())
     claim.write_text("reproduce.md", format_table(result) + "\n")
+    if table.is_figure:
+        from .figures import EQ16_PLOT, plot_eq16
+
+        data = configs[0][0].data
+        title = f"{table.paper.upper()} {table.caption}: eq. 16's ratio during training"
+        plot_eq16(
+            {r.label: r.extra for r in results},
+            folder / EQ16_PLOT,
+            title=f"{title} ({data}, {chosen.name} scale)",
+            folder=claim,
+        )
     return result
 
 
@@ -531,7 +640,7 @@ def describe_tables() -> str:
     lines = ["| table | paper | rows | smoke rows | what |", "|---|---|---:|---:|---|"]
     for name, table in PAPER_TABLES.items():
         lines.append(
-            f"| {name} | {table.paper} Table {table.number} | {len(table.rows)} | "
+            f"| {name} | {table.paper} {table.caption} | {len(table.rows)} | "
             f"{len(rows_at(table, SMOKE))} | {table.title} |"
         )
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import InputError, ResourceError, spell
 from ..nn.ode_block import name_ode_blocks
+from ..options import unknown_name
 from .base import RobustModel
 
 
@@ -83,9 +84,7 @@ def model_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ModelConfigError(
-            f"unknown model '{name}'; choose one of: {', '.join(list_models())}"
-        ) from None
+        raise ModelConfigError(unknown_name("model", name, list_models())) from None
 
 
 # Numeric options: (integer?, lower bound, bound included?). Checked before building, so a

@@ -140,3 +140,34 @@ def soblock(
         normalize=normalize,
         stem=stem,
     )
+
+
+@register_model(
+    "soblock_stable",
+    paper="SONet Theorem 3.1 (the block the theorem covers; not trained in the paper)",
+    summary="soblock whose stem satisfies Theorem 3.1: no normalisation, γ = 0.1, leaky ReLU",
+    ode_options=SOLVER_OPTIONS + SKEW_OPTIONS,
+)
+def soblock_stable(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 64,
+    blocks_per_stage: int = 1,
+    normalize: NormalizeSpec = None,
+    gamma: float = 0.1,
+    norm: str | None = None,
+    activation: str = "leaky_relu",
+    **ode: Any,
+) -> ResNet10:
+    # Theorem 3.1 needs σ' > 0 and γ > 0 and says nothing of a normalisation around σ;
+    # the reference code's block (soblock) has GroupNorm and γ = 0. The theorem's options
+    # are this builder's own, so model_config records them.
+    return soblock(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        blocks_per_stage=blocks_per_stage,
+        normalize=normalize,
+        **{**ode, "gamma": gamma, "norm": norm, "activation": activation},
+    )
