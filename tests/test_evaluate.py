@@ -378,3 +378,12 @@ def test_progress_bar_and_quiet_modes(mlp, tmp_path):
     start, done = lines.getvalue().splitlines()
     assert start == "evaluating: 2 (attack, batch) run(s) to do"
     assert done.startswith("[1/1] fgsm: robust") and "\r" not in lines.getvalue()
+
+
+def test_an_attack_that_cannot_reach_the_ball_is_named_in_the_report(mlp, tmp_path):
+    """pgd20-linf keeps SONet's step 0.003 when only ε is raised: 20 × 0.003 < 0.1."""
+    x, y = _images(24)
+    specs = resolve_attacks(None, ["pgd20-linf:eps=0.1", "pgd20-linf:eps=0.1,step_size=0.01"])
+    result = run_evaluation(mlp, x, y, specs, tmp_path, batch_size=24, plots=False)
+    (note,) = [n for n in result.report["notes"] if "cannot reach" in n]
+    assert note.startswith("pgd20-linf:eps=0.1: 20 steps of 0.003 move at most 0.06")

@@ -173,6 +173,29 @@ class _Progress:
 Slice = tuple[int, int, int]  # (k, start, stop) of batch k
 
 
+def short_reach_notes(attacks: Sequence[Attack], ids: Sequence[str]) -> list[str]:
+    """A note for every L∞ gradient attack whose steps cannot reach the boundary of its
+    ε-ball (steps · step_size < ε, without a random start to begin near it): its robust
+    accuracy is an overstatement by construction — e.g. a preset's step kept while ε was
+    raised (pgd20-linf keeps SONet's step 0.003, made for ε 0.031)."""
+    notes = []
+    for attack, attack_id in zip(attacks, ids, strict=True):
+        steps, step = getattr(attack, "steps", None), getattr(attack, "step_size", None)
+        threat = getattr(attack, "threat", None)
+        if not (isinstance(steps, int) and isinstance(step, float) and threat is not None):
+            continue
+        if threat.norm != "linf" or getattr(attack, "random_start", False):
+            continue
+        if steps * step < threat.eps * (1 - 1e-9):
+            notes.append(
+                f"{attack_id}: {steps} steps of {step:.4g} move at most {steps * step:.4g}, "
+                f"less than ε = {threat.eps:.4g}: it cannot reach the ε-ball's boundary, so its "
+                "robust accuracy overstates the model's; give step_size with eps "
+                f"(e.g. step_size={2.5 * threat.eps / steps:.3g})"
+            )
+    return notes
+
+
 def _batch_rel(spec: AttackSpec, k: int) -> str:
     return f"{POINTS_DIR}/{spec.file_name}/batch-{k:05d}.json"
 
@@ -692,6 +715,7 @@ def _run_evaluation(
                 "depend on randomness or on the batch an image is in"
             )
         attacks = {s.id: s.create(seed=seed) for s in all_specs}
+        notes += short_reach_notes([attacks[s.id] for s in specs], [s.id for s in specs])
         curves = _curves(plan, points_by_spec, attacks)
         report = build_report(
             specs=specs,
