@@ -313,7 +313,10 @@ def test_cli_trains_one_short_epoch_and_refuses_bad_input(tmp_path, capsys):
     cases = [
         ([*argv, "--lr", "0.5"], "holds a different run (it differs in lr); pass --resume"),
         ([*argv, "--overwrite", "--lr", "abc"], "invalid float value: 'abc'"),
-        ([*argv, "--overwrite", "--model-opt", "width"], "expected KEY=VALUE, got 'width'"),
+        (
+            [*argv, "--overwrite", "--model-opt", "width"],
+            "expected KEY=VALUE (e.g. eps=8/255), got 'width'",
+        ),
         ([*argv, "--overwrite", "--amp", "bf16"], "amp='bf16' needs a CUDA device"),
         ([*argv, "--overwrite", "--channels-last"], "channels_last is a CUDA option"),
         ([*argv, "--overwrite", "--config", str(bad_toml)], "unknown config key(s) 'epoch'"),
