@@ -392,3 +392,44 @@ def test_describe_preset_is_what_robustode_attacks_name_prints():
     assert create_attack("pgd-linf", eps="8/255", steps="5").steps == 5
     assert create_attack("autoattack", eps="4/255").threat.eps == 4 / 255
     assert parse_value('"8"') == "8"  # JSON's quoted string stays text
+
+
+# ------------------------------------------------- long work is not silent in a log
+def test_a_heartbeat_prints_progress_and_an_eta_while_work_runs():
+    import io
+    import time
+
+    from robustode.heartbeat import Heartbeat
+
+    stream = io.StringIO()
+    with Heartbeat("evaluate", total=4, interval=0.05, stream=stream) as beat:
+        beat.update(1, "pgd20 batch 1")
+        time.sleep(0.3)
+    lines = stream.getvalue().splitlines()
+    assert lines, "no heartbeat line in 0.3 s at a 0.05 s interval"
+    assert lines[-1].startswith("[evaluate] 1/4 done (pgd20 batch 1), ")
+    assert "elapsed, about" in lines[-1] and lines[-1].endswith("left")
+    quiet = io.StringIO()
+    with Heartbeat("train", interval=0.05, enabled=False, stream=quiet):
+        time.sleep(0.1)
+    assert quiet.getvalue() == ""  # a terminal with a bar gets the bar instead
+
+
+# ------------------------------------------------- data folders and the download hint
+def test_a_relative_data_dir_is_stored_absolute_and_the_hint_names_a_real_flag(
+    tmp_path, monkeypatch, capsys
+):
+    from robustode.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    argv = ["evaluate", "--model", "torch.nn:Flatten", "--data", "cifar10", "--data-dir"]
+    code = main([*argv, "empty", "--device", "cpu", "--n", "2"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--download" in line, line
+    assert str(tmp_path / "empty") in line  # the folder as an absolute path
+    # evaluate takes the flag its hint names
+    from robustode.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--model", "m:f", "--download"])
+    assert args.download is True
