@@ -275,3 +275,29 @@ def test_audit_transfers_from_a_surrogate_factory(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[:-4], "--surrogate-weights", str(weights)]) == 2
     assert "add it" in capsys.readouterr().err
+
+
+def test_steps_studies_the_grids_of_a_torchdiffeq_model_with_a_tolerance_sweep(
+    user_ode, tmp_path, capsys
+):
+    """Table 3's study on a user's odeint call: the grids are read from the intercepted solve
+    and the tolerance sweep changes them."""
+    source, weights, _ = user_ode
+    out = tmp_path / "steps"
+    argv = ["steps", "--model", f"{source}:build", "--weights", str(weights), "--data", "digits"]
+    argv += ["--n", "4", "--iterations", "1,2", "--tol", "0.1,0.001", "--no-per-image"]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
+    saved = json.loads((out / "steps.json").read_text())
+    text = json.dumps(saved)
+    assert "user_ode.py" in text  # the study names the call site
+    clean = [
+        line.split("|")
+        for line in (out / "steps.md").read_text().splitlines()
+        if "(clean)" in line and "dopri5" in line
+    ]
+    assert [cells[1].strip() for cells in clean] == [
+        "dopri5 (rtol=0.1, atol=0.1, batch)",
+        "dopri5 (rtol=0.001, atol=0.001, batch)",
+    ]
+    nfe = [int(cells[5]) for cells in clean]  # 14 and 20 when written
+    assert nfe[1] > nfe[0], "the tighter tolerance did not take more evaluations"

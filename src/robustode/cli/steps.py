@@ -66,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
     # a bad attack name or override: one error line before anything is loaded or announced
     TrajectorySettings.from_attack(args.attack, eps=args.eps, step_size=args.step_size)
     target = target_from_args(args)
-    find_ode_blocks(target.model)  # a model without ODE blocks: one error line, nothing run
     x, y = test_images(target, args)
+    # a model without ODE blocks: one error line, nothing run; odeint calls inside a model
+    # count too, found by running one image under interception
+    from ..nn.solve_sites import discover_sites, intercepting
+
+    with intercepting(target.model):
+        discover_sites(target.model, x[:1])
+        find_ode_blocks(target.model)
     out = args.out if args.out is not None else target.default_out_dir("steps")
     studies = run_step_studies(
         target.model,
