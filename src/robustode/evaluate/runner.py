@@ -26,10 +26,11 @@ rank 0 writes the report and plots.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -460,6 +461,23 @@ def _clean_disagreements(layout: _Batches, sl: Slice, run: str) -> list[tuple[At
     return []
 
 
+def _with_solve_sites(run: Callable[..., EvaluationResult]) -> Callable[..., EvaluationResult]:
+    """``run`` with the images checked against the model first, and with the odeint calls
+    inside any model (torchdiffeq's or robustode's) intercepted as solve sites."""
+
+    @functools.wraps(run)
+    def wrapper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *args, **kwargs):
+        from ..nn.solve_sites import discover_sites, intercepting
+
+        check_inputs_fit_model(model, x, y)
+        with intercepting(model):
+            discover_sites(model, x)
+            return run(model, x, y, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_solve_sites
 def run_evaluation(
     model: nn.Module,
     x: torch.Tensor,
@@ -498,53 +516,6 @@ def run_evaluation(
     ``x`` and ``y`` themselves. ``resume=False`` recomputes every batch;
     ``overwrite`` replaces an evaluation of other settings in ``out_dir``.
     """
-    from ..nn.solve_sites import discover_sites, intercepting
-
-    check_inputs_fit_model(model, x, y)
-    # odeint calls inside any model (torchdiffeq's or robustode's) are solve sites too
-    with intercepting(model):
-        discover_sites(model, x)
-        return _run_evaluation(
-            model,
-            x,
-            y,
-            specs,
-            out_dir,
-            batch_size=batch_size,
-            seed=seed,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress,
-            ctx=ctx,
-            meta=meta,
-            curve_steps=curve_steps,
-            eps_grid=eps_grid,
-            plots=plots,
-            stream=stream,
-            save_adversarials=save_adversarials,
-        )
-
-
-def _run_evaluation(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    specs: Sequence[AttackSpec | str],
-    out_dir: str | Path,
-    *,
-    batch_size: int = 100,
-    seed: int = 0,
-    resume: bool = True,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    ctx: DistContext | None = None,
-    meta: dict[str, Any] | None = None,
-    curve_steps: int = 0,
-    eps_grid: Sequence[float] | None = None,
-    plots: bool = True,
-    stream: TextIO | None = None,
-    save_adversarials: bool = False,
-) -> EvaluationResult:
     from .report import build_report, write_report
 
     ctx = ctx or DistContext(device=x.device)
@@ -555,7 +526,6 @@ def _run_evaluation(
         raise InputError("no attacks to run")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
-    check_inputs_fit_model(model, x, y)
     n = int(x.shape[0])
     out_dir = Path(out_dir)
     plan: CurvePlan = plan_curves(specs, curve_steps=curve_steps, eps_grid=eps_grid)
