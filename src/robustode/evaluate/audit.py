@@ -38,6 +38,7 @@ from ..attacks.adaptive import (
     substitute_solver,
 )
 from ..attacks.base import AttackResult, model_mode
+from ..attacks.eot import RandomnessCheck, check_randomness
 from ..errors import InputError
 from ..fingerprint import inputs_sha256, model_fingerprint, versions
 from ..nn.solve_sites import discover_sites, intercepting
@@ -84,6 +85,7 @@ class AuditLevel:
     noise_draws: int
     # last, with a default, so levels built by position before it existed still work
     apgd_targets: int = 9  # APGD-T's target classes (restart_steps iterations each)
+    eot_iter: int = 20  # passes each gradient averages on a randomised model (EOT)
 
 
 LEVELS: dict[str, AuditLevel] = {
@@ -91,7 +93,7 @@ LEVELS: dict[str, AuditLevel] = {
         n=100, pgd_steps=100, restarts=3, restart_steps=20, apgd_targets=3, growth_steps=10,
         unbounded_steps=50, square_queries=200, spsa_iterations=10, spsa_samples=16,
         substitutes=("fixed", "per_sample"), substitute_steps=20, transfer_steps=20,
-        fd_points=16, fd_directions=8, batch_points=8, noise_draws=2,
+        fd_points=16, fd_directions=8, batch_points=8, noise_draws=2, eot_iter=8,
     ),
     "standard": AuditLevel(
         n=500, pgd_steps=200, restarts=5, restart_steps=50, apgd_targets=9, growth_steps=20,
@@ -275,13 +277,29 @@ class _Audit:
         self.white_box: dict[str, torch.Tensor] = {}  # attack name → per-point robust
         self.pgd: AttackResult | None = None
         self.batch_check: CheckResult | None = None  # batch_composition, once it has run
+        # set before any check: on a randomised model every gradient attack averages its
+        # gradients over cfg.eot_iter passes and the determinism checks are skipped
+        self.randomness: RandomnessCheck | None = None
+
+    @property
+    def random(self) -> bool:
+        return self.randomness is not None and self.randomness.random
 
     # ---------------------------------------------------------- helpers
-    def run(self, attack, model=None, trace=False) -> AttackResult:
-        attack.batch_size = self.batch_size
-        if isinstance(attack, SolverSubstitution):  # it runs the attack it wraps
-            attack.attack.batch_size = self.batch_size
+    def run(self, attack, model=None, trace=False, eot=True) -> AttackResult:
+        """Run ``attack`` on the audit's points; on a randomised model a gradient attack
+        averages each gradient over ``cfg.eot_iter`` passes (EOT) unless ``eot=False``."""
+        inner = attack.attack if isinstance(attack, SolverSubstitution) else attack
+        attack.batch_size = inner.batch_size = self.batch_size
+        if self.random and eot and hasattr(inner, "eot_iter"):
+            inner.eot_iter = self.cfg.eot_iter
         return attack.run(self.model if model is None else model, self.x, self.y, trace=trace)
+
+    def deterministic_only(self, name: str, group: str, severity: str, why: str, fn):
+        """``fn``'s check, or on a randomised model the check skipped with the reason."""
+        if self.random:
+            return skipped(name, group, severity, f"randomised model: {why}")  # type: ignore[arg-type]
+        return fn()
 
     def strongest_white_box(self) -> torch.Tensor:
         robust = torch.ones_like(self.y, dtype=torch.bool)
@@ -329,6 +347,39 @@ class _Audit:
             **pair_evidence(c),
             margin=c["margin"],
             discordant=c["discordant"],
+        )
+
+    def eot_gain(self) -> CheckResult:
+        """On a randomised model: PGD-K on single stochastic passes (what an attack that
+        ignores the randomness reports) against the same PGD-K with EOT (Athalye, Carlini &
+        Wagner, ICML 2018, §4.3). EOT significantly lower shows the single-pass number is
+        inflated by stochastic gradients."""
+        K = self.cfg.pgd_steps
+        if not self.random:
+            return skipped(
+                "eot_gain", "attacks", "masked",
+                "deterministic model: averaging over passes changes nothing",
+            )  # fmt: skip
+        self.progress(f"PGD-{K} on single passes (no EOT), against the EOT run")
+        # as the EOT run does, it neither stops at a lucky pass nor picks the lucky iterate:
+        # the two runs differ only in the gradient averaging
+        attack = PGD("linf", self.eps, steps=K, step_size=self.eps / 10, random_start=False,
+                     early_stop=False, select="last")  # fmt: skip
+        single = self.run(attack, eot=False).robust
+        c = compare(self.pgd.robust, single)  # type: ignore[union-attr]
+        return outcome(
+            c["significant"],
+            "eot_gain",
+            "attacks",
+            "masked",
+            f"PGD-{K} on single passes robust {c['reference']:.1%} vs with EOT over "
+            f"{self.cfg.eot_iter} passes {c['accuracy']:.1%} (fail if EOT is significantly "
+            f"lower — the single-pass number is inflated: {pair_words(c)})",
+            single_pass=c["reference"],
+            eot=c["accuracy"],
+            eot_iter=self.cfg.eot_iter,
+            **pair_evidence(c),
+            margin=c["margin"],
         )
 
     def convergence_iterations(self) -> CheckResult:
@@ -523,7 +574,7 @@ class _Audit:
         """The batch-composition check saw an image's outputs move with its batch-mates:
         predictions or gradients (it failed) or ODE step grids changed."""
         check = self.batch_check
-        if check is None or check.status == "skip":
+        if check is None or check.status == "skipped" or "random_pass" in check.evidence:
             return False
         # None: the model's solves left no step grids to compare
         return check.failed or (check.evidence.get("step_grid_changes") or 0) > 0
@@ -774,11 +825,20 @@ def _audit(
     if others.shape[0] < b:  # too few points for other batch-mates: uniform noise images
         g = torch.Generator(device=x.device).manual_seed(seed)
         others = torch.rand(x[:b].shape, generator=g, device=x.device)
+    why = {
+        "finite_differences": "two passes differ by chance, so a central difference measures "
+        "the randomness, not the gradient",
+        "batch_composition": "outputs change between identical passes, so a change with the "
+        "batch-mates cannot be told from chance",
+        "unreturned_adversarials": "re-evaluating a returned point is another random draw",
+        "loss_converged": "the traced loss is one random draw per iterate, so its best-so-far "
+        "keeps rising by chance",
+    }
     before_pgd: list[tuple[str, str, str, Callable[[], CheckResult]]] = [
         ("zero_gradients", "gradients", "suspicious",
          lambda: ac.check_zero_gradients(model, x, y, batch_size=batch_size)),
         ("randomised_outputs", "gradients", "suspicious",
-         lambda: ac.check_randomised_outputs(model, x, batch_size=batch_size)),
+         lambda: ac.randomness_result(a.randomness, a.cfg.eot_iter)),
         ("softmax_outputs", "gradients", "suspicious",
          lambda: ac.check_softmax_outputs(model, x, batch_size=batch_size)),
         ("noise_stability", "gradients", "suspicious",
@@ -787,29 +847,43 @@ def _audit(
     ]  # fmt: skip
     on_pgd = [
         ("iterative_vs_single_step", "attacks", "masked", a.iterative_vs_single),
+        ("eot_gain", "attacks", "masked", a.eot_gain),
         ("convergence_iterations", "attacks", "suspicious", a.convergence_iterations),
         ("convergence_restarts", "attacks", "suspicious", a.convergence_restarts),
         ("margin_targeted", "attacks", "suspicious", a.margin_targeted),
-        ("loss_converged", "gradients", "suspicious", a.loss_converged),
-        ("unreturned_adversarials", "gradients", "suspicious", a.unreturned),
+        ("loss_converged", "gradients", "suspicious", lambda: a.deterministic_only(
+            "loss_converged", "gradients", "suspicious", why["loss_converged"],
+            a.loss_converged)),
+        ("unreturned_adversarials", "gradients", "suspicious", lambda: a.deterministic_only(
+            "unreturned_adversarials", "gradients", "suspicious",
+            why["unreturned_adversarials"], a.unreturned)),
         ("solver_substitution", "ode", "masked", a.solver_substitution),
-    ]
+    ]  # fmt: skip
     after_pgd = [
         ("eps_growth", "attacks", "masked", a.eps_growth),
         ("unbounded_attack", "attacks", "masked", a.unbounded),
         ("black_box_square", "attacks", "masked", lambda: a.black_box("square")),
         ("transfer", "attacks", "masked", a.transfer),
-        ("finite_differences", "gradients", "suspicious",
-         lambda: ac.check_finite_differences(model, x[:p], y[:p], directions=cfg.fd_directions,
-                                             seed=seed)),
+        ("finite_differences", "gradients", "suspicious", lambda: a.deterministic_only(
+            "finite_differences", "gradients", "suspicious", why["finite_differences"],
+            lambda: ac.check_finite_differences(model, x[:p], y[:p],
+                                                directions=cfg.fd_directions, seed=seed))),
         ("batch_composition", "ode", "suspicious", lambda: a.remember_batch_check(
-            ac.check_batch_composition(model, x[:b], y[:b], others))),
+            a.deterministic_only("batch_composition", "ode", "suspicious",
+                                 why["batch_composition"],
+                                 lambda: ac.check_batch_composition(model, x[:b], y[:b],
+                                                                    others)))),
         # after batch_composition: on a model whose outputs move with the batch, SPSA queries
         # one image at a time (attacks seed their own RNG, so the order changes no other check)
         ("black_box_spsa", "attacks", "masked", lambda: a.black_box("spsa")),
     ]  # fmt: skip
     checks: list[CheckResult] = []
     with model_mode(model, "eval"):
+        # first: whether the model is randomised decides how every attack runs
+        a.randomness = check_randomness(model, x, y, seed=seed)
+        if a.random:
+            a.progress(f"randomised model: every gradient attack uses EOT over "
+                       f"{cfg.eot_iter} passes")  # fmt: skip
         clean = ac.batched_logits(model, x, batch_size).argmax(1) == y
         a.progress("gradients and outputs")
         checks += [_guard(*spec) for spec in before_pgd]
@@ -834,6 +908,8 @@ def _audit(
         ),
         "alpha": ac.ALPHA,
         "clean_correct": clean_correct,
+        "randomised": a.random,
+        "eot_iter": cfg.eot_iter if a.random else 1,
     }
     warnings = []
     if clean_correct < ac.MIN_CLEAN_CORRECT:
@@ -858,6 +934,7 @@ def _audit(
 CHECK_ORDER = (
     "pgd",
     "iterative_vs_single_step",
+    "eot_gain",
     "convergence_iterations",
     "convergence_restarts",
     "margin_targeted",

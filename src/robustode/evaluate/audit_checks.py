@@ -42,6 +42,8 @@ EPS_GROWTH_FLOOR = 0.05
 LOSS_MOVING_SHARE = 0.1
 FD_MIN_MEDIAN_COSINE = 0.5
 BATCH_MIN_GRADIENT_COSINE = 0.9
+# two identical passes of a deterministic model agree to rounding; a random backward does not
+REPEAT_MIN_GRADIENT_COSINE = 0.999
 RANDOM_OUTPUT_RTOL = 1e-5
 
 
@@ -315,6 +317,32 @@ def check_randomised_outputs(
     )
 
 
+def randomness_result(randomness: Any, eot_iter: int) -> CheckResult:
+    """The audit's randomness check (AutoAttack's, run before every other check) as a result.
+
+    Reported, never failed: on a randomised model the audit attacks with EOT over
+    ``eot_iter`` passes, skips the checks that assume determinism, and lets ``eot_gain``
+    show whether single-pass attacks were fooled by the randomness.
+    """
+    words = randomness.describe()
+    if randomness.random:
+        words += (
+            f" — every gradient attack averages over {eot_iter} passes (EOT); the checks that "
+            "assume determinism are skipped"
+        )
+    return passed(
+        "randomised_outputs",
+        "gradients",
+        "suspicious",
+        words,
+        randomised=randomness.random,
+        max_difference=randomness.max_difference,
+        correct_per_pass=list(randomness.correct) if randomness.correct is not None else None,
+        passes=randomness.passes,
+        eot_iter=eot_iter if randomness.random else 1,
+    )
+
+
 def check_softmax_outputs(
     model: nn.Module, x: torch.Tensor, *, batch_size: int | None = None
 ) -> CheckResult:
@@ -475,6 +503,29 @@ def check_batch_composition(
     a_grads = torch.cat([a[1] for a in alone])
     a_grids = [a[2][0] for a in alone]
     b_logits, b_grads, b_grids = _logits_grads_grids(model, x, y, p)
+    # the same batch again: what changes here is randomness, not the batch-mates
+    r_logits, r_grads, _ = _logits_grads_grids(model, x, y, p)
+    repeat_change = float((r_logits - b_logits).abs().max())
+    scale = max(float(b_logits.abs().max()), 1.0)
+    repeat_cos = float(torch.nan_to_num(cosine_rows(r_grads, b_grads), nan=1.0).min())
+    random_forward = repeat_change > RANDOM_OUTPUT_RTOL * scale
+    if random_forward or repeat_cos < REPEAT_MIN_GRADIENT_COSINE:
+        part = "forward" if random_forward else "backward"
+        return failed(
+            "batch_composition",
+            "gradients",
+            "suspicious",
+            f"the same batch twice: logits change by up to {repeat_change:.3g}, input "
+            f"gradients' min cosine {repeat_cos:.3f} — the {part} pass is random, so a change "
+            "with the batch-mates cannot be told from chance (a random "
+            + ("forward: attack with EOT)" if part == "forward" else "backward is a fake "
+               "gradient, not an ODE effect)"),
+            points=p,
+            random_pass=part,
+            repeat_max_logit_change=repeat_change,
+            repeat_min_gradient_cosine=repeat_cos,
+            step_grid_changes=None,
+        )  # fmt: skip
     m_logits, m_grads, m_grids = _logits_grads_grids(
         model, torch.cat([x, others]), torch.cat([y, dummy]), p
     )
