@@ -254,6 +254,12 @@ def test_adversarial_images_are_kept_on_request_inside_the_threat_model(tmp_path
     assert torch.equal(result.x_adv[result.robust], x[result.robust])
     files = sorted((tmp_path / "eval" / "points").rglob("*.adv.safetensors"))
     assert len(files) == 3  # one per batch of 10, 10, 4
+    # a library call is quiet by default; progress=None gives one line per attack
+    capsys.readouterr()
+    robustode.evaluate_model(net, x, y, attacks=[f"pgd20-linf:eps={eps}"])
+    assert capsys.readouterr().err == ""
+    robustode.evaluate_model(net, x, y, attacks=[f"pgd20-linf:eps={eps}"], progress=None)
+    assert "robust" in capsys.readouterr().err
 
 
 def test_audit_transfers_from_a_surrogate_factory(tmp_path, capsys):

@@ -9,6 +9,7 @@ the same attack seeds per batch), so the numbers are the command line's.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,8 @@ def evaluate_model(
     ``robustode evaluate --attacks``: e.g. ``["pgd20-linf", "apgd-t:eps=8/255"]``), all of
     one threat model, and the worst case is taken over them. ``out_dir``: where the report,
     batch files (and adversarials) go, continuing an interrupted run as the command line
-    does; None keeps nothing on disk. No curves are run.
+    does; None keeps nothing on disk. No curves are run. ``progress``: False (the default)
+    prints nothing, None one line per attack on stderr, True a progress bar.
     """
     from .evaluate.runner import run_evaluation
     from .evaluate.suites import resolve_attacks
@@ -109,7 +111,8 @@ def evaluate_model(
             batch_size=batch_size,
             seed=seed,
             overwrite=overwrite,
-            progress=progress,
+            progress=bool(progress),
+            stream=io.StringIO() if progress is False else None,
             curve_steps=0,
             eps_grid=(),
             plots=out_dir is not None,
