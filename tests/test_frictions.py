@@ -212,6 +212,15 @@ def test_near_miss_names_get_a_suggestion_and_the_choices():
         create_attack("pgd")
     with pytest.raises(InputError, match=r"did you mean 'lad'"):
         defense_entry("lda")
+    # an iteration count the presets lack is an option (difflib offered pgd20-l2 for pgd30),
+    # and the suggested spec runs that many steps in the named norm
+    for name, spec in (("pgd30", "pgd20-linf:steps=30"), ("pgd50-l2", "pgd20-l2:steps=50"),
+                       ("ifgsm7", "ifgsm20:steps=7")):  # fmt: skip
+        with pytest.raises(InputError, match=rf"'{name}'; .*option: {spec}$"):
+            create_attack(name)
+        name_steps = int("".join(ch for ch in name.split("-")[0] if ch.isdigit()))
+        assert parse_spec(spec).create().steps == name_steps
+    assert parse_spec("pgd20-l2:steps=50").create().threat.norm == "l2"
     assert suggest("zzzz", ["fgsm", "spsa"]) == ""
 
 

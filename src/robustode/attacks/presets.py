@@ -16,6 +16,7 @@ and ``n_iter``, torchattacks' ``alpha`` (the step size), cleverhans' ``nb_iter``
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,7 +251,17 @@ def attack_preset(name: str) -> AttackPreset:
     try:
         return _PRESETS[name]
     except KeyError:
-        raise AttackInputError(unknown_name("attack", name, list_attacks())) from None
+        pass
+    # 'pgd30', 'pgd50-l2', 'ifgsm7': an iteration count the presets do not carry is an
+    # option, not a name (difflib would offer pgd20-l2 for pgd30)
+    counted = re.fullmatch(r"(pgd|ifgsm)(\d+)(?:-(linf|l2))?", name)
+    if counted:
+        kind, steps, norm = counted.groups()
+        base = "ifgsm20" if kind == "ifgsm" else f"pgd20-{norm or 'linf'}"
+        raise AttackInputError(
+            f"unknown attack '{name}'; an iteration count is an option: {base}:steps={steps}"
+        )
+    raise AttackInputError(unknown_name("attack", name, list_attacks()))
 
 
 def _signature_defaults(build: Callable[..., Any]) -> dict[str, Any]:
