@@ -131,29 +131,66 @@ def test_smoke_caps_iterations_and_keeps_other_options():
     assert scaled_attack("pgd1000-linf", FULL) == "pgd1000-linf"
 
 
-def _row(name, clean, robust, verdict="no masking detected", failed=()):
-    return DemoRow(name, name, clean, robust, verdict, list(failed), 0.0, 0.0, 0.0, "")
+def _row(name, clean, robust, verdict="no masking detected", failed=(), points=None, masked=()):
+    extra = {"points": points or {}, "masked_by": list(masked)}
+    return DemoRow(name, name, clean, robust, verdict, list(failed), 0.0, 0.0, 0.0, "", extra)
 
 
-def test_demo_findings_say_when_the_masking_effect_is_absent_and_when_it_appears():
+def _points(robust_counts, n=100):
+    """Per-point robust lists: the first k of n points robust under each attack."""
+    return {key: [i < k for i in range(n)] for key, k in robust_counts.items()}
+
+
+def test_demo_findings_rest_on_exact_paired_tests():
     keys = [k for k, _, _ in ATTACKS]
-    flat = dict.fromkeys(keys, 0.02)
-    absent = findings([_row("soblock-euler", 0.95, flat), _row("soblock-dopri5", 0.95, flat)])
-    assert any("does not appear" in f for f in absent)
-    masked = {**flat, "pgd20": 0.6, "pgd200": 0.5}
-    present = findings(
+    flat = dict.fromkeys(keys, 0.4)
+    same = _points(dict.fromkeys(keys, 40))
+    # the other attacks break 12 points PGD-20 leaves (0 the other way): p = 2^-12
+    overstated = _points({**dict.fromkeys(keys, 28), "pgd20": 40})
+    plain = findings(
         [
-            _row("soblock-euler", 0.95, flat),
-            _row("soblock-dopri5", 0.95, masked, "masked", ["solver_substitution"]),
+            _row("soblock-euler", 0.95, flat, points=same),
+            _row("soblock-dopri5", 0.95, flat, points=same),
         ]
     )
-    assert any("apparent robustness" in f for f in present)
-    assert any("overstates" in f for f in present)
-    assert any("masked" in f and "solver_substitution" in f for f in present)
-    text = format_demo(
-        DemoResult([_row("resnet10-pgd", 0.9, {**flat, "adaptive": None})], None, 1.0, [])
+    assert any("no other attack beats PGD-20" in f for f in plain)
+    assert not any("overstates" in f for f in plain)
+    masked = findings(
+        [
+            _row("soblock-euler", 0.95, flat, points=same),
+            _row(
+                "soblock-dopri5", 0.95, {**flat, "pgd20": 0.4}, "masked",
+                ["solver_substitution", "batch_composition"], overstated,
+                masked=["solver_substitution"],
+            ),
+        ]
+    )  # fmt: skip
+    assert any("overstates" in f and "break 12 points" in f for f in masked)
+    assert any(
+        f.startswith("soblock-dopri5: audit: masked, shown by solver_substitution; also "
+                     "failed: batch_composition") for f in masked
+    )  # fmt: skip
+    # 4 points one way and none the other is p = 1/16: not written as a finding
+    weak = _points({**dict.fromkeys(keys, 36), "pgd20": 40})
+    assert not any(
+        "overstates" in f for f in findings([_row("soblock-dopri5", 0.95, flat, points=weak)])
     )
+    # the two solvers' comparison is stated with its caveat whichever way it goes
+    for rows in (plain, masked):
+        (gap,) = [f for f in rows if f.startswith("Under PGD-20")]
+        assert "changes with the training run" in gap and "exact paired p" in gap
+    text = format_demo(
+        DemoResult(
+            [
+                _row("resnet10-pgd", 0.9, {**flat, "adaptive": None}),
+                _row("soblock-dopri5", 0.9, flat, "masked", ["batch_composition"]),
+            ],
+            None, 1.0, [],
+        )
+    )  # fmt: skip
     assert "| resnet10-pgd | 90.0 |" in text and "n/a" in text
+    # the table's verdict cell is the verdict alone
+    assert "| masked |" in text and "batch_composition" not in text
 
 
 def test_reproduce_list_and_bad_table(capsys):
