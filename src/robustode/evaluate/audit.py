@@ -288,7 +288,8 @@ class _Audit:
     # ---------------------------------------------------------- helpers
     def run(self, attack, model=None, trace=False, eot=True) -> AttackResult:
         """Run ``attack`` on the audit's points; on a randomised model a gradient attack
-        averages each gradient over ``cfg.eot_iter`` passes (EOT) unless ``eot=False``."""
+        averages each gradient over ``cfg.eot_iter`` passes (EOT) unless ``eot=False`` (the
+        single-pass comparison, and a surrogate, whose randomness the check did not see)."""
         inner = attack.attack if isinstance(attack, SolverSubstitution) else attack
         attack.batch_size = inner.batch_size = self.batch_size
         if self.random and eot and hasattr(inner, "eot_iter"):
@@ -589,7 +590,7 @@ class _Audit:
             source = "the given surrogate"
             self.progress(f"transfer: PGD-{steps} on the surrogate")
             with model_mode(self.surrogate, "eval"):
-                x_adv = self.run(attack, model=self.surrogate).x_adv
+                x_adv = self.run(attack, model=self.surrogate, eot=False).x_adv
         elif self.blocks:
             source = "the model with the fixed-step substitute solver"
             self.progress(f"transfer: PGD-{steps} on the fixed-step substitute")
