@@ -178,7 +178,7 @@ def test_demo_findings_rest_on_exact_paired_tests():
     # the two solvers' comparison is stated with its caveat whichever way it goes
     for rows in (plain, masked):
         (gap,) = [f for f in rows if f.startswith("Under PGD-20")]
-        assert "changes with the training run" in gap and "exact paired p" in gap
+        assert "changes with the training run" in gap and "only dopri5 keeps 0" in gap
     text = format_demo(
         DemoResult(
             [
