@@ -147,8 +147,7 @@ def findings(rows: list[DemoRow]) -> list[str]:
     """Plain statements of what the run shows, each decided by an exact paired test on the
     same points (docs/audit.md), so that a conclusion the numbers do not support is not
     written. The comparison of two trained models (Euler vs dopri5) is stated with its
-    caveat: it changes with the training run, where the verdicts and the within-model
-    tests did not (docs/findings.md, §4)."""
+    caveat: it changes with the training run (docs/findings.md, §4)."""
     out = []
     by = {r.name: r for r in rows}
     euler, dopri, pgd = by.get("soblock-euler"), by.get("soblock-dopri5"), by.get("resnet10-pgd")
@@ -189,7 +188,7 @@ def findings(rows: list[DemoRow]) -> list[str]:
             f"Under PGD-20 dopri5 (tol 0.1) keeps {100 * d:.1f} % and Euler {100 * e:.1f} % "
             f"(SONet Table 2: 71.2 % against 0 %{counts}). This compares two trained models and "
             "changes with the training run — seed, CPU, thread count — in size and sign at "
-            "this scale; the verdicts above do not (docs/findings.md, §4)."
+            "this scale (docs/findings.md, §4)."
         )
     if pgd:
         out.append(
