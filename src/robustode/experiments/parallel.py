@@ -1,0 +1,105 @@
+"""Independent runs in worker processes: ``reproduce --jobs N``.
+
+Each job is one (row, seed) run of a reproduce — its own run folder, claimed by
+the trainer, the evaluation and the audit in turn — so jobs share no file and
+can run side by side. Workers are started with ``spawn`` (a fresh interpreter:
+forking a process whose OpenMP pool has run can hang the child) and each uses
+``max(1, cores // N)`` torch threads, so N workers do not oversubscribe the
+machine. On Linux a worker is sent SIGTERM when the reproduce that started it
+dies, even by SIGKILL: a training run stops at its next step with a checkpoint
+(robustode.signals), so no orphan keeps a run folder locked and a restarted
+reproduce continues where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
+
+import torch
+
+Job = TypeVar("Job")
+Outcome = TypeVar("Outcome")
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    """Torch threads of each of ``jobs`` workers: the cores shared out, at least one."""
+    return max(1, (cores if cores is not None else cpu_cores()) // max(1, jobs))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    _die_with_parent()
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def run_jobs(
+    fn: Callable[[Job], Outcome],
+    jobs: Sequence[Job],
+    n_jobs: int,
+    on_done: Callable[[int, Outcome], None] | None = None,
+) -> list[Outcome]:
+    """``[fn(job) for job in jobs]``, in ``n_jobs`` worker processes when ``n_jobs`` > 1 (in
+    this process otherwise); ``on_done(i, outcome)`` as each job ends, in the order they end.
+    ``fn`` must be a module-level function and jobs picklable. The first job that raises
+    stops the rest: those not started are cancelled, those running are finished."""
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be ≥ 1, got {n_jobs}")
+    outcomes: dict[int, Outcome] = {}
+    if n_jobs == 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            outcomes[i] = fn(job)
+            if on_done is not None:
+                on_done(i, outcomes[i])
+        return [outcomes[i] for i in range(len(jobs))]
+    workers = min(n_jobs, len(jobs))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads_per_job(n_jobs),),
+    )
+    try:
+        pending = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in _in_order(done, pending):
+                i = pending.pop(future)
+                outcomes[i] = future.result()  # a job's exception is raised here
+                if on_done is not None:
+                    on_done(i, outcomes[i])
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _in_order(done: Iterable[Any], index: dict[Any, int]) -> list[Any]:
+    return sorted(done, key=lambda future: index[future])
+
+
+__all__ = ["cpu_cores", "run_jobs", "threads_per_job"]
