@@ -3,6 +3,7 @@ worker processes (``--jobs``), resuming, one reproduce per folder, and the print
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
@@ -348,3 +349,52 @@ def test_table_prints_mean_std_next_to_the_paper_with_epochs_and_verdicts():
     assert "audit verdict" in lines[2] and "epochs" in lines[2]
     assert "- wall time: 2.03 h for 6 runs in 2 processes" in text
     assert "soblock (width 16)" in text
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_the_reproduce_that_started_them_is_killed(tmp_path):
+    """A SIGKILLed reproduce leaves no worker behind holding a run folder's lock. Each job
+    runs a shell that writes its pid and sleeps: once both have written, both workers have
+    run their initializer (which asks for the signal) and are inside their job."""
+    import os
+    import signal
+
+    marks = [tmp_path / "a", tmp_path / "b"]
+    jobs = [["sh", "-c", f"echo $$ > {m}.tmp && mv {m}.tmp {m} && exec sleep 60"] for m in marks]
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys\nfrom robustode.experiments.parallel import run_jobs\n"
+         f"run_jobs(subprocess.call, {jobs!r}, 2)\n"],
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(m.exists() for m in marks), "the two jobs did not start"
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        workers = [
+            int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        parent.kill()
+        for pid in [*workers, *(int(m.read_text()) for m in marks if m.exists())]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
