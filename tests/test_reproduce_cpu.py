@@ -181,7 +181,7 @@ def _read(out: Path) -> dict:
 
 
 @pytest.mark.slow  # 41 s at load average 5.5 on 2 cores: mostly starting two interpreters, twice
-def test_jobs_2_runs_every_row_and_seed_in_worker_processes(tmp_path, monkeypatch, capsys):
+def test_jobs_2_runs_every_row_and_seed_in_worker_processes(tmp_path, monkeypatch, capfd):
     """The audit is left out here (it costs seconds per run even this small); the next test
     runs it."""
     data = write_cifar10(tmp_path / "cifar")
@@ -192,7 +192,7 @@ def test_jobs_2_runs_every_row_and_seed_in_worker_processes(tmp_path, monkeypatc
     started = time.perf_counter()
     assert main(argv) == 0
     first = time.perf_counter() - started
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # the workers write to file descriptor 2
     saved = _read(tmp_path / "out")
     assert saved["scale"] == "cpu" and saved["jobs"] == 2
     assert [r["label"] for r in saved["rows"]] == [
@@ -220,6 +220,11 @@ def test_jobs_2_runs_every_row_and_seed_in_worker_processes(tmp_path, monkeypatc
     # the runs went to two worker processes (the log says so) and the table was printed
     assert "4 runs in 2 worker processes" in captured.err
     assert captured.err.count("done in") == 4
+    # each worker's training lines name their run
+    err = captured.err.splitlines()
+    for label in ("[1/2] SOBlock Dopri5 (tol 0.1) (seed 1)",
+                  "[2/2] SOBlock Dopri5 (tol 0.1), torchdiffeq-2019 steps (seed 0)"):  # fmt: skip
+        assert any(line.startswith(f"{label}: epoch 1/2 |") for line in err), label
     assert "SOBlock Dopri5 (tol 0.1), torchdiffeq-2019 steps" in captured.out
     assert "wall time:" in captured.out and "in 2 processes" in captured.out
 
@@ -398,3 +403,19 @@ def test_workers_end_when_the_reproduce_that_started_them_is_killed(tmp_path):
         for pid in [*workers, *(int(m.read_text()) for m in marks if m.exists())]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_workers_lines_carry_its_runs_label(capsys):
+    from robustode.experiments.parallel import prefixed_stderr
+
+    with prefixed_stderr("[2/8] SOBlock Euler: ") as original:
+        print("epoch 1/40 | loss", file=sys.stderr, end="")
+        print(" 2.3\nevaluating", file=sys.stderr)
+        print("no newline yet", file=sys.stderr, end="")
+        print("plain", file=original)
+    assert capsys.readouterr().err.splitlines() == [
+        "[2/8] SOBlock Euler: epoch 1/40 | loss 2.3",
+        "[2/8] SOBlock Euler: evaluating",
+        "plain",
+        "[2/8] SOBlock Euler: no newline yet",
+    ]

@@ -13,12 +13,15 @@ reproduce continues where the killed one stopped.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import torch
 
@@ -98,8 +101,50 @@ def run_jobs(
     return [outcomes[i] for i in range(len(jobs))]
 
 
+class _Prefixed(io.TextIOBase):
+    """A text stream that writes each complete line to ``target`` behind ``prefix``: the
+    lines of runs side by side in one terminal say which run they are from."""
+
+    def __init__(self, target: TextIO, prefix: str) -> None:
+        self.target, self.prefix, self._pending = target, prefix, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # a progress bar would be torn apart by the prefixes
+        return False
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self.target.write(f"{self.prefix}{line}\n")
+        self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.target.write(f"{self.prefix}{self._pending}\n")
+            self._pending = ""
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def prefixed_stderr(prefix: str) -> Iterator[TextIO]:
+    """Within the block, ``sys.stderr`` prefixes every line with ``prefix``; yields the
+    stream it replaced."""
+    original = sys.stderr
+    stream = _Prefixed(original, prefix)
+    sys.stderr = stream
+    try:
+        yield original
+    finally:
+        stream.flush()
+        sys.stderr = original
+
+
 def _in_order(done: Iterable[Any], index: dict[Any, int]) -> list[Any]:
     return sorted(done, key=lambda future: index[future])
 
 
-__all__ = ["cpu_cores", "run_jobs", "threads_per_job"]
+__all__ = ["cpu_cores", "prefixed_stderr", "run_jobs", "threads_per_job"]

@@ -899,8 +899,12 @@ def json_roundtrip(value: Any) -> Any:
 
 
 def _run_in_worker(job: RunJob) -> RunOutcome:
-    """:func:`run_one` in a worker process (module level, so the pool can pickle it)."""
-    return run_one(job)
+    """:func:`run_one` in a worker process (module level, so the pool can pickle it); the
+    lines its training and evaluation write start with the run's label."""
+    from .parallel import prefixed_stderr
+
+    with prefixed_stderr(f"{job.label}: ") as stderr:
+        return run_one(job, lambda text: print(text, file=stderr, flush=True))
 
 
 def _reproduce_rows(
