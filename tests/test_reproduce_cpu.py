@@ -80,6 +80,12 @@ def test_cpu_scale_rows_are_soblock_solvers_with_the_adaptive_ones_under_both_se
     assert len({rp.run_name(r, 1, (0, 1, 2)) for r in rows}) == len(rows)  # distinct folders
 
 
+def test_cpu_scale_names_the_engines_2019_semantics():
+    from robustode.ode.semantics2019 import LEGACY_SEMANTICS, STEP_SEMANTICS
+
+    assert rp.CPU.step_semantics == (LEGACY_SEMANTICS,) and LEGACY_SEMANTICS in STEP_SEMANTICS
+
+
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_step_semantics_leave_a_fixed_step_solve_unchanged(method):
     """Why the fixed-step rows run once: the 2019 semantics change adaptive step control
