@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from robustode.cli import main
-from robustode.errors import InputError
+from robustode.errors import InputError, RobustodeError
 from robustode.experiments import reproduce as rp
 from robustode.experiments.paper_tables import PAPER_TABLES
 from robustode.experiments.parallel import threads_per_job
@@ -425,3 +425,29 @@ def test_a_workers_lines_carry_its_runs_label(capsys):
         "plain",
         "[2/8] SOBlock Euler: no newline yet",
     ]
+
+
+class TwoArgumentError(RobustodeError):
+    """An error whose __init__ takes more than its message (module level: the class pickles,
+    the instance does not unpickle)."""
+
+    def __init__(self, message: str, extra: int) -> None:
+        super().__init__(message)
+
+
+def test_a_jobs_exception_reaches_the_parent_even_when_it_cannot_be_pickled():
+    """TrainingStopped takes (message, run_dir, signum): pickled as it is, it fails to unpickle
+    in the parent and breaks the pool (seen: a Ctrl-C hung reproduce --jobs 2). It comes back
+    as a stop with its message; errors a user can fix stay such errors."""
+    from robustode.experiments.parallel import JobError, JobInterrupted, _portable
+    from robustode.train.loop import TrainingStopped
+
+    stopped = _portable(TrainingStopped("stopped inside epoch 3", Path("/run"), 2))
+    assert isinstance(stopped, JobInterrupted) and str(stopped) == "stopped inside epoch 3"
+    error = _portable(TwoArgumentError("bad data", 1))
+    assert isinstance(error, JobError) and str(error) == "bad data"
+    assert isinstance(_portable(TwoArgumentError.__new__(TwoArgumentError)), JobError)
+    plain = ValueError("x")
+    assert _portable(plain) is plain  # what pickles comes back as it was
+    for exc in (stopped, error):
+        assert str(pickle.loads(pickle.dumps(exc))) == str(exc)

@@ -5,10 +5,17 @@ the trainer, the evaluation and the audit in turn — so jobs share no file and
 can run side by side. Workers are started with ``spawn`` (a fresh interpreter:
 forking a process whose OpenMP pool has run can hang the child) and each uses
 ``max(1, cores // N)`` torch threads, so N workers do not oversubscribe the
-machine. On Linux a worker is sent SIGTERM when the reproduce that started it
-dies, even by SIGKILL: a training run stops at its next step with a checkpoint
-(robustode.signals), so no orphan keeps a run folder locked and a restarted
-reproduce continues where the killed one stopped.
+machine.
+
+Stopping: workers run in a process group of their own, so a Ctrl-C at the
+terminal reaches the parent only; the parent then sends each worker one
+SIGINT, on which a training run stops at the end of its step with a checkpoint
+(robustode.signals; a second signal would stop it at once, without one), and
+waits for them. On Linux a worker is also sent SIGTERM when the parent dies,
+even by SIGKILL, so no orphan keeps a run folder locked. Either way a restarted
+reproduce continues where the stopped one was. A job's exception comes back to
+the parent as it was raised when it can be pickled, else as one of the same kind
+(a stop, an error a user can fix, or a bug) carrying its message.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +32,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, TextIO, TypeVar
 
 import torch
+
+from ..errors import RobustodeError
 
 Job = TypeVar("Job")
 Outcome = TypeVar("Outcome")
@@ -53,10 +63,56 @@ def _die_with_parent() -> None:
         pass
 
 
+_PARENT: int | None = None  # the pid of the process that started this worker
+
+
 def _init_worker(threads: int) -> None:
+    global _PARENT
+    _PARENT = os.getppid()
     _die_with_parent()
+    # out of the terminal's process group: a Ctrl-C reaches the parent, which sends each
+    # worker exactly one SIGINT (two would stop a training run without its checkpoint)
+    os.setpgrp()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A job stopped by a signal (its message says where it stopped)."""
+
+
+class JobError(RobustodeError):
+    """A job's error that a user can cause and fix, with its message."""
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (the way back to the parent), else an exception of the
+    same kind with its message: an exception whose ``__init__`` takes other arguments than
+    its message (``TrainingStopped``) would fail to unpickle in the parent and break the
+    pool instead of being raised there."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # any failure to round-trip: send a copy
+        text = f"{exc}" or type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            return JobInterrupted(text)
+        if isinstance(exc, RobustodeError):
+            return JobError(text)
+        return RuntimeError(f"{type(exc).__name__}: {text}")
+
+
+def _call(fn: Callable[[Job], Outcome], job: Job) -> Outcome:
+    """``fn(job)`` in a worker, its exception made portable (:func:`_portable`)."""
+    try:
+        return fn(job)
+    except BaseException as exc:  # every exception must reach the parent
+        raise _portable(exc) from None
+    finally:
+        # the parent died during the job (the signal it left stopped the job): nobody will
+        # send this worker another job or its stop, so it must not wait for one
+        if _PARENT is not None and os.getppid() != _PARENT:
+            os._exit(1)
 
 
 def run_jobs(
@@ -86,7 +142,7 @@ def run_jobs(
         initargs=(threads_per_job(n_jobs),),
     )
     try:
-        pending = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        pending = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in _in_order(done, pending):
@@ -94,6 +150,14 @@ def run_jobs(
                 outcomes[i] = future.result()  # a job's exception is raised here
                 if on_done is not None:
                     on_done(i, outcomes[i])
+    except KeyboardInterrupt:
+        # the workers are in their own process group: stop each once, let the runs in
+        # progress write their checkpoints, start no other
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -147,4 +211,11 @@ def _in_order(done: Iterable[Any], index: dict[Any, int]) -> list[Any]:
     return sorted(done, key=lambda future: index[future])
 
 
-__all__ = ["cpu_cores", "prefixed_stderr", "run_jobs", "threads_per_job"]
+__all__ = [
+    "JobError",
+    "JobInterrupted",
+    "cpu_cores",
+    "prefixed_stderr",
+    "run_jobs",
+    "threads_per_job",
+]
