@@ -451,3 +451,61 @@ def test_a_jobs_exception_reaches_the_parent_even_when_it_cannot_be_pickled():
     assert _portable(plain) is plain  # what pickles comes back as it was
     for exc in (stopped, error):
         assert str(pickle.loads(pickle.dumps(exc))) == str(exc)
+
+
+_INTERRUPTIBLE = """
+import dataclasses, signal, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_reproduce_cpu import tiny_cpu_scale
+from robustode.experiments import reproduce as rp
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts ignoring it
+scale = tiny_cpu_scale(("SOBlock Dopri5 (tol 0.1)",))
+train = {{**scale.train, "epochs": 5, "plateau_patience": 5}}
+rp.SCALE_BY_NAME["cpu"] = dataclasses.replace(scale, train=train, audit=None)
+rp.reproduce("sonet-t2", scale="cpu", data_dir={data!r}, out_dir={out!r}, jobs=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_every_run_with_a_checkpoint_and_a_rerun_continues(tmp_path):
+    """SIGINT to a reproduce --jobs 2: each worker gets one SIGINT, its run stops at a step
+    (or epoch) boundary with a checkpoint, everything exits; the same command again resumes
+    both runs and finishes. (It once hung: the workers' TrainingStopped did not unpickle.)"""
+    import os
+    import signal
+
+    data = write_cifar10(tmp_path / "cifar", n_train=200, n_test=20)
+    out = tmp_path / "out"
+    code = _INTERRUPTIBLE.format(tests=str(Path(__file__).parent), data=str(data), out=str(out))
+    log = tmp_path / "log.txt"
+    with log.open("w") as sink:
+        first = subprocess.Popen([sys.executable, "-c", code], stderr=sink, stdout=sink)
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("epoch 1/5 |") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert log.read_text().count("epoch 1/5 |") == 2, log.read_text()
+        children = Path(f"/proc/{first.pid}/task/{first.pid}/children").read_text().split()
+        workers = [
+            int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+        ]
+        os.kill(first.pid, signal.SIGINT)
+        assert first.wait(timeout=60) != 0
+        assert not any(_alive(w) for w in workers)
+    finally:
+        first.kill()
+    assert "KeyboardInterrupt" in log.read_text()
+    runs = sorted(p for p in (out / "sonet-t2").iterdir() if p.is_dir() and p.name != ".robustode")
+    assert len(runs) == 2
+    for run in runs:
+        # stopped where it was, with a checkpoint past epoch 1 (inside an epoch or after it)
+        assert any(p.name != "epoch-0001.json" for p in (run / "checkpoints").glob("epoch-*.json"))
+    again = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("resuming") == 2
+    for row in _read(out)["rows"]:  # each run went on to its end: 5 epochs or its plateau
+        assert row["extra"]["epochs"]["0"] == 5 or row["extra"]["plateau"]["0"]
