@@ -36,7 +36,7 @@ def add(sub) -> None:
             "(its numbers check the pipeline, not the papers); --scale cpu (sonet-t2 only) "
             "trains SOBlock at width 16 on the CIFAR-10 files of --data-dir until the test "
             "accuracy plateaus, under both step semantics, and adds AutoAttack, the "
-            "solver-substitution attack and the audit's verdict (about two days of 2 CPU cores "
+            "solver-substitution attack and the audit's verdict (about 35 h of 2 CPU cores "
             "for 3 seeds, docs/experiments.md). Every run "
             "is a run folder under OUT/TABLE/, so an interrupted reproduce continues where "
             "it stopped; --jobs N runs N of them at a time."
