@@ -23,7 +23,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def add(sub) -> None:
-    from ..experiments.reproduce import list_tables
+    from ..experiments.reproduce import SCALES, list_tables
 
     p = sub.add_parser(
         "reproduce",
@@ -33,15 +33,23 @@ def add(sub) -> None:
             "LAD's Fig. 2 (lad-f2: eq. 16's ratio per epoch, tabulated and plotted). "
             "--scale full uses the papers' settings (a GPU and the full CIFAR data); "
             "--scale smoke runs the same pipeline on the digits data in minutes on a CPU "
-            "(its numbers check the pipeline, not the papers). Every row is a run folder "
-            "under OUT/TABLE/, so an interrupted reproduce continues where it stopped."
+            "(its numbers check the pipeline, not the papers); --scale cpu (sonet-t2 only) "
+            "trains SOBlock at width 16 on the CIFAR-10 files of --data-dir until the test "
+            "accuracy plateaus, under both step semantics, and adds AutoAttack, the "
+            "solver-substitution attack and the audit's verdict (about 35 h of 2 CPU cores "
+            "for 3 seeds, docs/experiments.md). Every run "
+            "is a run folder under OUT/TABLE/, so an interrupted reproduce continues where "
+            "it stopped; --jobs N runs N of them at a time."
         ),
     )
     p.add_argument("table", nargs="?", choices=list_tables(), metavar="TABLE", help="table name")
     p.add_argument("--list", action="store_true", help="list the tables and exit")
-    p.add_argument("--scale", choices=("smoke", "full"), default="smoke", help="default: smoke")
+    p.add_argument("--scale", choices=SCALES, default="smoke", help="default: smoke")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
-    p.add_argument("--data-dir", help="dataset folder at full scale (CIFAR-10/100)")
+    p.add_argument(
+        "--data-dir",
+        help="dataset folder (CIFAR-10/100) at full scale; required at cpu scale",
+    )
     add_device_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=100, help="attack batch size")
     p.add_argument(
@@ -51,6 +59,14 @@ def add(sub) -> None:
         metavar="S,S,…",
         help="training seeds of every row, e.g. 0,1,2: each seed's run is kept (ROW-seedS/) "
         "and every cell is reported as mean ± std over them, as LAD reports (default: 0)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run N (row, seed) runs at a time, each in its own process with cores // N torch "
+        "threads (default: 1, in this process)",
     )
     p.add_argument(
         "--overwrite",
@@ -78,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         seeds=args.seeds,
+        jobs=args.jobs,
     )
     print(format_table(result))
     print(f"\nwrote {result.out_dir}/reproduce.md and reproduce.json ({result.seconds:.0f} s)")

@@ -133,6 +133,15 @@ class TrainConfig:
             "int?", "evaluate on the first N test images (unset: all; 0: no evaluation)", low=0
         ),
     )
+    plateau_patience: int | None = field(
+        default=None,
+        metadata=_m(
+            "int?",
+            "stop before epochs when the test accuracy has not risen above its best for N "
+            "epochs in a row (needs the per-epoch test evaluation; unset: train all epochs)",
+            low=1,
+        ),
+    )
     device: str = field(
         default="auto",
         metadata=_m("str", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's)"),
@@ -189,6 +198,10 @@ class TrainConfig:
             )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
+        if self.plateau_patience is not None and self.eval_subset == 0:
+            raise ConfigError(
+                "plateau_patience needs the per-epoch test accuracy; eval_subset = 0 turns it off"
+            )
         for name in ("model", "data", "defense"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must not be empty")

@@ -68,6 +68,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .distributed import DistContext
+from .plateau import accuracies_by_epoch, plateau_epoch
 from .progress import Progress
 from .run_folder import (
     SUMMARY,
@@ -118,6 +119,7 @@ class TrainSummary:
     seconds: float = 0.0
     world_size: int = 1
     device: str = "cpu"
+    plateau: bool = False  # stopped before config.epochs: the test accuracy had plateaued
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +131,7 @@ class TrainSummary:
             "seconds": self.seconds,
             "world_size": self.world_size,
             "device": self.device,
+            "plateau": self.plateau,
         }
 
 
@@ -502,18 +505,25 @@ def _train(
             )
     start_epoch = checkpoint.epoch if checkpoint is not None else 0
     position = checkpoint.position if checkpoint is not None else None
-    if checkpoint is not None and position is None and start_epoch == config.epochs:
-        # a finished run: nothing to train and nothing to write
+    # the test accuracies so far, for plateau_patience (epochs ≤ start_epoch: those kept)
+    accuracies = accuracies_by_epoch(read_metrics(run_dir), start_epoch) if start_epoch else []
+    plateaued = (
+        config.plateau_patience is not None
+        and plateau_epoch(accuracies, config.plateau_patience) is not None
+    )
+    if checkpoint is not None and position is None and (start_epoch == config.epochs or plateaued):
+        # a finished run (all its epochs, or stopped at its plateau): nothing to train or write
         show.close()
         return TrainSummary(
             run_dir=run_dir,
-            epochs=config.epochs,
+            epochs=start_epoch,
             start_epoch=start_epoch,
             final=(read_metrics(run_dir) or [None])[-1],
             checkpoint=checkpoint.path,
             seconds=time.perf_counter() - started,
             world_size=ctx.world_size,
             device=str(device),
+            plateau=plateaued,
         )
     if position is not None and int(position.get("world_size", 1)) != ctx.world_size:
         raise ConfigError(
@@ -621,6 +631,7 @@ def _train(
     saved = [b.detach().clone() for b in buffers] if config.nonfinite_loss == "skip" else None
     records: list[dict[str, Any]] = []
     last_checkpoint = checkpoint.path if checkpoint is not None else None
+    epochs_done, plateaued = start_epoch, False
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             epoch_start = time.perf_counter()
@@ -721,11 +732,17 @@ def _train(
                 record["eq16_ratio"] = _eq16_probe(model, train_set, config, device)
             record["train_seconds"] = train_seconds
             record["seconds"] = seconds_before + time.perf_counter() - epoch_start
+            if config.plateau_patience is not None:
+                # every rank holds the same (gathered) test accuracy, so all stop together
+                accuracies.append(test_acc)
+                plateaued = plateau_epoch(accuracies, config.plateau_patience) == epoch
+                record["plateau"] = plateaued
             stopping = epoch < config.epochs and ctx.flags_any(stop.requested)[0]
             if ctx.is_main:
                 append_metrics(folder, record)
-                # a continued epoch always ends in a checkpoint: the stopped one is then done
-                due = epoch % config.checkpoint_every == 0 or epoch == config.epochs
+                # a continued epoch always ends in a checkpoint: the stopped one is then done;
+                # so does the epoch at which the plateau stops the run (its last)
+                due = epoch % config.checkpoint_every == 0 or epoch == config.epochs or plateaued
                 if due or stopping or continued:
                     last_checkpoint = save_checkpoint(
                         run_dir / CHECKPOINT_DIR,
@@ -736,7 +753,14 @@ def _train(
                         run_dir / CHECKPOINT_DIR, config.keep_checkpoints, writer=folder
                     )
             records.append(record)
+            epochs_done = epoch
             show.end_epoch(record)
+            if plateaued:
+                show.log(
+                    f"test accuracy has not risen for {config.plateau_patience} epochs: "
+                    f"stopping after epoch {epoch} of at most {config.epochs}"
+                )
+                break
             if stopping:
                 raise TrainingStopped(
                     f"training stopped by {signal_name(stop.signal)} after epoch {epoch} of "
@@ -752,7 +776,7 @@ def _train(
     final = records[-1] if records else (read_metrics(run_dir) or [None])[-1]
     summary = TrainSummary(
         run_dir=run_dir,
-        epochs=config.epochs,
+        epochs=epochs_done,
         start_epoch=start_epoch,
         records=records,
         final=final,
@@ -760,6 +784,7 @@ def _train(
         seconds=time.perf_counter() - started,
         world_size=ctx.world_size,
         device=str(device),
+        plateau=plateaued,
     )
     if ctx.is_main:
         folder.write_json(SUMMARY, summary.to_dict())
