@@ -116,3 +116,16 @@ def test_a_run_without_plateau_trains_every_epoch(tmp_path, monkeypatch):
     assert summary.epochs == 3 and not summary.plateau
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all("plateau" not in r for r in records)
+
+
+def test_the_command_line_says_why_a_plateaued_run_has_nothing_to_train(
+    tmp_path, monkeypatch, capsys
+):
+    from robustode.cli import main
+
+    _scripted(monkeypatch, [0.5, 0.6, 0.6, 0.55, 0.9, 0.9, 0.9, 0.9])
+    train(_config(), tmp_path / "run", progress=False)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress-bar"]) == 0
+    out = capsys.readouterr().out
+    assert "already at epoch 4 (its test accuracy plateaued: plateau_patience 2)" in out

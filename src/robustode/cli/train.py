@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
             ]
             print("| " + " | ".join(cells) + " |")
     else:
-        print(f"{run_dir} is already at epoch {summary.epochs}; nothing to train")
+        why = (
+            f" (its test accuracy plateaued: plateau_patience {config.plateau_patience})"
+            if summary.plateau
+            else ""
+        )
+        print(f"{run_dir} is already at epoch {summary.epochs}{why}; nothing to train")
     print(f"\nrun folder {run_dir} (checkpoint {summary.checkpoint}, {summary.seconds:.1f} s)")
     return 0
