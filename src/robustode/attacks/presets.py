@@ -258,8 +258,10 @@ def attack_preset(name: str) -> AttackPreset:
     if counted:
         kind, steps, norm = counted.groups()
         base = "ifgsm20" if kind == "ifgsm" else f"pgd20-{norm or 'linf'}"
+        # the line begins as every unknown-name error does; the hint replaces difflib's
         raise AttackInputError(
-            f"unknown attack '{name}'; an iteration count is an option: {base}:steps={steps}"
+            f"unknown attack '{name}'; choose one of: {', '.join(list_attacks())}; "
+            f"an iteration count is an option: {base}:steps={steps}"
         )
     raise AttackInputError(unknown_name("attack", name, list_attacks()))
 

@@ -21,6 +21,7 @@ the parent as it was raised when it can be pickled, else as one of the same kind
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import multiprocessing
 import os
@@ -91,7 +92,10 @@ def _portable(exc: BaseException) -> BaseException:
     its message (``TrainingStopped``) would fail to unpickle in the parent and break the
     pool instead of being raised there."""
     try:
-        pickle.loads(pickle.dumps(exc))
+        # serialisable, and rebuildable from its reduce tuple as the parent's unpickling
+        # would (deepcopy takes the same __reduce_ex__ path; no unpickling in this codebase)
+        pickle.dumps(exc)
+        copy.deepcopy(exc)
         return exc
     except Exception:  # any failure to round-trip: send a copy
         text = f"{exc}" or type(exc).__name__
