@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--only", default="", help="comma-separated construction names")
-    parser.add_argument("--out", default="out/audit_zoo")
+    parser.add_argument("--out", default="runs/audit_zoo")
     parser.add_argument("--proofs", action="store_true", help="also run the ground-truth attacks")
     args = parser.parse_args(argv)
     try:
