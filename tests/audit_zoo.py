@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from benchmarks.masking_zoo import (
     BPDAMedian,
+    GaussianInputNoise,
+    NoisySine,
     Saturated,
     ShuffledGradient,
     StraightThroughQuantiser,
@@ -16,6 +18,8 @@ from benchmarks.masking_zoo import (
 
 __all__ = [
     "BPDAMedian",
+    "GaussianInputNoise",
+    "NoisySine",
     "Saturated",
     "ShuffledGradient",
     "StraightThroughQuantiser",
