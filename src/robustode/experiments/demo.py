@@ -123,24 +123,16 @@ def format_demo(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def _paired(row: DemoRow, attack: str, reference: str) -> dict[str, Any] | None:
-    """The exact paired test of ``attack`` (a column key, or "others": the per-point worst
-    case of every column but ``reference``) against ``reference`` on the row's points;
-    None without per-point results."""
+def _others_against(row: DemoRow, reference: str) -> dict[str, Any] | None:
+    """The exact paired test of the per-point worst case of every column but ``reference``
+    against ``reference`` on the row's points; None without per-point results."""
     from ..evaluate.audit_checks import compare
 
-    points = row.extra.get("points")
-    if not points or reference not in points:
+    points = row.extra.get("points") or {}
+    others = [torch.tensor(v, dtype=torch.bool) for k, v in points.items() if k != reference]
+    if reference not in points or not others:
         return None
-    ref = torch.tensor(points[reference], dtype=torch.bool)
-    if attack == "others":
-        others = [torch.tensor(v, dtype=torch.bool) for k, v in points.items() if k != reference]
-        if not others:
-            return None
-        robust = torch.stack(others).all(0)
-    else:
-        robust = torch.tensor(points[attack], dtype=torch.bool)
-    return compare(robust, ref)
+    return compare(torch.stack(others).all(0), torch.tensor(points[reference], dtype=torch.bool))
 
 
 def findings(rows: list[DemoRow]) -> list[str]:
@@ -162,7 +154,7 @@ def findings(rows: list[DemoRow]) -> list[str]:
         out.append(f"{r.name}: {words}.")
     if dopri:
         d = dopri.robust.get("pgd20") or 0.0
-        c = _paired(dopri, "others", "pgd20")
+        c = _others_against(dopri, "pgd20")
         if c is not None and c["significant"]:
             out.append(
                 f"For dopri5 the other attacks together leave {100 * c['accuracy']:.1f} % where "
