@@ -210,10 +210,13 @@ def test_fab_t_attacks_the_second_to_tenth_most_likely_classes_in_turn():
 
 def test_early_stop_leaves_fabs_verdict_unchanged_and_saves_calls():
     gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5)).eval()
     x = torch.rand(40, 12, generator=gen)
     y = model(x).argmax(1)
-    for norm, eps in (("linf", 0.1), ("l2", 0.3), ("l1", 1.0)):
+    # over weight seeds 0-7 these radii fool 9-32 (linf), 10-34 (l2), 10-38 (l1) of the 40;
+    # l1 at 1.0 fooled all 40 at seed 2
+    for norm, eps in (("linf", 0.1), ("l2", 0.3), ("l1", 0.6)):
         fast = A.FABT(norm, eps, steps=20, targets=2).run(model, x, y)
         full = A.FABT(norm, eps, steps=20, targets=2, early_stop=False).run(model, x, y)
         assert torch.equal(fast.success, full.success), norm

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -179,6 +180,23 @@ def test_resume_gives_bitwise_the_uninterrupted_weights(tmp_path):
     # a finished run resumes to nothing; one with more epochs would go on
     again = train(None, cut, resume=True, progress=False)
     assert again.records == [] and again.final["epoch"] == 3
+
+
+def test_a_run_killed_before_its_first_checkpoint_records_each_epoch_once(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_config(epochs=2, checkpoint_every=1), full, progress=False)
+    train(_config(epochs=2, checkpoint_every=1), cut, progress=False)
+    # killed after epoch 1's metrics line was made durable, before its checkpoint was written
+    shutil.rmtree(cut / "checkpoints")
+    (cut / "summary.json").unlink()
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text(lines[0] + "\n")
+
+    summary = train(None, cut, resume=True, progress=False)
+    assert summary.start_epoch == 0
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(full)]
+    assert [r["epoch"] for r in read_metrics(cut)] == [1, 2]
+    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(cut)]
 
 
 def test_a_damaged_latest_checkpoint_is_an_error_never_a_silent_fallback(tmp_path):

@@ -595,7 +595,9 @@ def _train(
         if overwrite:
             clear_run(folder)
         write_config(folder, config)
-        if checkpoint is not None:
+        if mode == "continue":
+            # also with no checkpoint: a run killed between epoch 1's metrics line and its
+            # first checkpoint redoes epoch 1, which must not be recorded twice
             truncate_metrics(folder, start_epoch)
     ctx.barrier()
 
