@@ -180,6 +180,10 @@ def test_resume_gives_bitwise_the_uninterrupted_weights(tmp_path):
     # a finished run resumes to nothing; one with more epochs would go on
     again = train(None, cut, resume=True, progress=False)
     assert again.records == [] and again.final["epoch"] == 3
+    # killed after its last checkpoint, before its summary: the resume writes the summary
+    (cut / "summary.json").unlink()
+    again = train(None, cut, resume=True, progress=False)
+    assert again.records == [] and json.loads((cut / "summary.json").read_text())["epochs"] == 3
 
 
 def test_a_run_killed_before_its_first_checkpoint_records_each_epoch_once(tmp_path):

@@ -512,9 +512,10 @@ def _train(
         and plateau_epoch(accuracies, config.plateau_patience) is not None
     )
     if checkpoint is not None and position is None and (start_epoch == config.epochs or plateaued):
-        # a finished run (all its epochs, or stopped at its plateau): nothing to train or write
+        # a finished run (all its epochs, or stopped at its plateau): nothing to train; its
+        # summary is written only if a kill came between the last checkpoint and the summary
         show.close()
-        return TrainSummary(
+        finished = TrainSummary(
             run_dir=run_dir,
             epochs=start_epoch,
             start_epoch=start_epoch,
@@ -525,6 +526,10 @@ def _train(
             device=str(device),
             plateau=plateaued,
         )
+        if ctx.is_main and not (run_dir / SUMMARY).exists():
+            folder.write_json(SUMMARY, finished.to_dict())
+        ctx.barrier()
+        return finished
     if position is not None and int(position.get("world_size", 1)) != ctx.world_size:
         raise ConfigError(
             f"{run_dir} was stopped inside epoch {start_epoch + 1} by a run of "
