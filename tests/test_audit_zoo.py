@@ -1,4 +1,5 @@
-"""The masking zoo (issue 20, item 5), reduced for CI: every construction at training seed 0.
+"""The masking zoo (issue 20, item 5), reduced for CI: training seed 0, every construction
+but the two ODE ones (``BENCHMARK_ONLY``).
 Its ground truth is established by attacks independent of the audit (``prove``: the proof
 attack beats PGD by ≥ 10 points on a masked construction; nothing beats PGD by more than 3
 on an honest one), and the audit must then call every masked construction masked or
@@ -36,7 +37,11 @@ FAST = (
     "bpda-median3x3",
     "staircase-hidden-st",
 )
-SLOW = tuple(c.name for c in ZOO if c.name not in FAST)
+# the two ODE constructions take ≈ 90 s each for their audit and for their proof on one core:
+# validated by ``python -m benchmarks.audit_zoo`` (seeds 0–2 × 1 and 2 threads), not in CI,
+# which must stay within 15 minutes on 2 cores
+BENCHMARK_ONLY = ("ode-adaptive-mis-signed", "ode-fixed-rk4")
+SLOW = tuple(c.name for c in ZOO if c.name not in FAST + BENCHMARK_ONLY)
 
 
 def test_the_zoo_is_labelled_and_balanced():
@@ -48,7 +53,7 @@ def test_the_zoo_is_labelled_and_balanced():
     assert abs(truths.count("masked") - truths.count("honest")) <= 1
     for c in ZOO:
         assert c.proof and 0 < c.eps <= 1, c.name
-    assert set(FAST) | set(SLOW) == set(names)
+    assert set(FAST) | set(SLOW) | set(BENCHMARK_ONLY) == set(names)
     with pytest.raises(KeyError, match="no zoo construction"):
         construction("no-such-thing")
 
@@ -93,7 +98,7 @@ def test_audit_verdict_matches_the_ground_truth_slow(name, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [c.name for c in ZOO])
+@pytest.mark.parametrize("name", FAST + SLOW)
 def test_the_ground_truth_holds(name, cache):
     """The label is earned by attacks, not by the audit: on a masked construction the
     proof attack beats PGD by ≥ MASKED_GAP; on an honest one no attack beats PGD by more
