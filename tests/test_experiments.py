@@ -157,7 +157,9 @@ def test_demo_findings_rest_on_exact_paired_tests():
     assert not any("overstates" in f for f in plain)
     masked = findings(
         [
-            _row("soblock-euler", 0.95, flat, points=same),
+            _row(
+                "soblock-euler", 0.95, flat, "suspicious", ["convergence_restarts"], same
+            ),
             _row(
                 "soblock-dopri5", 0.95, {**flat, "pgd20": 0.4}, "masked",
                 ["solver_substitution", "batch_composition"], overstated,
@@ -166,6 +168,7 @@ def test_demo_findings_rest_on_exact_paired_tests():
         ]
     )  # fmt: skip
     assert any("overstates" in f and "break 12 points" in f for f in masked)
+    assert "soblock-euler: audit: suspicious, from convergence_restarts." in masked
     assert any(
         f.startswith("soblock-dopri5: audit: masked, shown by solver_substitution; also "
                      "failed: batch_composition") for f in masked
