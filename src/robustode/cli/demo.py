@@ -16,7 +16,8 @@ def add(sub) -> None:
             "SONet §6 end to end on the embedded digits data (no download): train a SOBlock "
             "with Euler, the same with dopri5 at tol 0.1, and a PGD-trained ResNet10; attack "
             "each with PGD-20, PGD-200, CW-L∞, SPSA and the solver-substitution attack (L∞, "
-            "ε 0.1); run the gradient-masking audit; print one table with each verdict. Writes "
+            "ε 0.1) on all 359 test digits; run the gradient-masking audit on them; print one "
+            "table with each verdict (10–15 minutes on 2 CPU cores). Writes "
             "OUT/demo.md, demo.json, demo.png and each model's run folder with its eval/ "
             "report and audit/. Re-running reuses finished training and attack batches."
         ),

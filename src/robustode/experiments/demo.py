@@ -1,6 +1,6 @@
 """``robustode demo``: SONet §6's question answered end to end on the embedded digits data.
 
-In a few minutes on a CPU: train three small models on scikit-learn's digits
+In 10–15 minutes on 2 CPU cores: train three small models on scikit-learn's digits
 (8×8, no download) — a SOBlock integrated with Euler (fixed step), the same
 with dopri5 at tol 0.1 (the adaptive solver SONet found to mask gradients)
 and a PGD-trained ResNet10 — then attack each with PGD-20, PGD-200, CW-L∞,
