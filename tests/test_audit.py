@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import time
 
 import pytest
@@ -201,6 +202,47 @@ def test_linear_model_passes_finite_differences_with_cosine_one():
     result = check_finite_differences(model, x, y, directions=8)
     assert result.status == "pass"
     assert result.evidence["median_cosine"] > 0.999
+
+
+class _FlipFirst(torch.autograd.Function):
+    """Identity forward; the backward negates the gradient of the first ``k`` rows."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        ctx.k = k
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[: ctx.k] = -grad[: ctx.k]
+        return grad, None
+
+
+class _SignFlippedRows(nn.Module):
+    def __init__(self, net: nn.Module, k: int) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x):
+        return self.net(_FlipFirst.apply(x, self.k))
+
+
+def test_finite_differences_fails_only_on_a_significant_majority_of_points():
+    """The sign test: cosine −1 on k of 16 points, +1 on the rest. 10 of 16 below (p 0.23)
+    is no evidence that most gradients are wrong — the old median rule failed it —; 12 of 16
+    (p 0.038) is."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(16, 1, 8, 8)
+    y = net(x).argmax(1)
+    for k, fails in ((10, False), (11, False), (12, True), (16, True)):
+        result = check_finite_differences(_SignFlippedRows(net, k), x, y)
+        assert result.evidence["below"] == k and result.evidence["points"] == 16
+        assert result.failed is fails, (k, result.message)
+        assert result.evidence["p_value"] == pytest.approx(
+            sum(math.comb(16, i) for i in range(k, 17)) / 2**16
+        )
 
 
 def test_round_inside_fails_zero_gradients_and_finite_differences():
