@@ -505,8 +505,10 @@ def _train(
             )
     start_epoch = checkpoint.epoch if checkpoint is not None else 0
     position = checkpoint.position if checkpoint is not None else None
-    # the test accuracies so far, for plateau_patience (epochs ≤ start_epoch: those kept)
-    accuracies = accuracies_by_epoch(read_metrics(run_dir), start_epoch) if start_epoch else []
+    # the records so far: the test accuracies for plateau_patience (epochs ≤ start_epoch:
+    # those kept) and a finished run's last record
+    records_so_far = read_metrics(run_dir) if start_epoch else []
+    accuracies = accuracies_by_epoch(records_so_far, start_epoch) if start_epoch else []
     plateaued = (
         config.plateau_patience is not None
         and plateau_epoch(accuracies, config.plateau_patience) is not None
@@ -519,7 +521,7 @@ def _train(
             run_dir=run_dir,
             epochs=start_epoch,
             start_epoch=start_epoch,
-            final=(read_metrics(run_dir) or [None])[-1],
+            final=(records_so_far or [None])[-1],
             checkpoint=checkpoint.path,
             seconds=time.perf_counter() - started,
             world_size=ctx.world_size,
